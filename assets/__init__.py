@@ -1,0 +1,1 @@
+"""Software-defined assets: the conversation catalog and the training-file chain."""

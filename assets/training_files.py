@@ -1,0 +1,161 @@
+"""The training-file chain, one partition per training file: membership → JSON/JSONL → version."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.catalog import enriched_conversations
+from assets.partitions import REQUEST_TAG, training_files_partitions
+from brightrun_pipeline.builder import BuiltVersion
+from brightrun_pipeline.service import VersionPlan
+from brightrun_pipeline.verification import verify_built_version
+from resources import BrightRunResource
+
+JSON_KEY = dg.AssetKey("training_file_json")
+JSONL_KEY = dg.AssetKey("training_file_jsonl")
+
+
+def _request_ids(context: dg.AssetExecutionContext) -> list[str]:
+    request_id = context.run.tags.get(REQUEST_TAG)
+    if not request_id:
+        raise dg.Failure(f"this run has no {REQUEST_TAG} tag: start it from a selection request")
+    return [request_id]
+
+
+@dg.asset(
+    partitions_def=training_files_partitions,
+    deps=[enriched_conversations],
+    group_name="training_files",
+)
+def training_file_membership(
+    context: dg.AssetExecutionContext, brightrun: BrightRunResource
+) -> VersionPlan:
+    """Which conversations the next version holds: the current ones plus the request's, re-checked."""
+    pipeline = brightrun.pipeline()
+    request_ids = _request_ids(context)
+    with pipeline.request_outcome(request_ids, context.run_id):
+        plan = pipeline.start(request_ids[0], context.run_id)
+        if plan.spec.training_file_id != context.partition_key:
+            raise dg.Failure(f"request {request_ids[0]} targets training file "
+                             f"{plan.spec.training_file_id}, not partition {context.partition_key}")
+    spec = plan.spec
+    context.add_output_metadata({
+        "version": spec.version,
+        "request_ids": ", ".join(plan.request_ids),
+        "new_conversations": len(spec.additions),
+        "new_conversation_ids": dg.MetadataValue.json([c.conversation_id for c in spec.additions]),
+    })
+    return plan
+
+
+@dg.multi_asset(
+    partitions_def=training_files_partitions,
+    group_name="training_files",
+    outs={
+        "training_file_json": dg.AssetOut(description="The full training JSON (brightrun-lora-v4)."),
+        "training_file_jsonl": dg.AssetOut(description="One line per trainable pair, from the JSON."),
+    },
+    internal_asset_deps={
+        "training_file_json": {dg.AssetKey("training_file_membership")},
+        "training_file_jsonl": {JSON_KEY},
+    },
+    ins={"plan": dg.AssetIn("training_file_membership")},
+    check_specs=[
+        dg.AssetCheckSpec(name, asset=JSON_KEY, blocking=True, description=description)
+        for name, description in (
+            ("matches_v4_format", "Every block and the header validate against the v4 model."),
+            ("unique_conversations", "Every conversation ID appears once."),
+            ("header_matches_membership",
+             "Totals, quality summary and scaffolding distribution equal what the membership gives."),
+            ("manifest_matches_objects", "The manifest's hashes and sizes are the objects'."),
+        )
+    ] + [
+        dg.AssetCheckSpec(name, asset=JSONL_KEY, blocking=True, description=description)
+        for name, description in (
+            ("line_count_matches", "JSONL line count equals trainable_pairs."),
+            ("lines_equal_pairs", "Every JSONL line equals its pair in the JSON, in order."),
+            ("unique_ids", "Every JSONL id is unique."),
+        )
+    ],
+)
+def training_file_objects(
+    context: dg.AssetExecutionContext, plan: VersionPlan, brightrun: BrightRunResource
+):
+    """Write training.json, training.jsonl and manifest.json of the next version, then check them."""
+    pipeline = brightrun.pipeline()
+    with pipeline.request_outcome(plan.request_ids, context.run_id):
+        built = pipeline.build(plan)
+        report = verify_built_version(pipeline, built)
+    for name, outcome in report.items():
+        asset = JSONL_KEY if name in ("line_count_matches", "lines_equal_pairs", "unique_ids") \
+            else JSON_KEY
+        yield dg.AssetCheckResult(check_name=name, asset_key=asset, passed=outcome.passed,
+                                  metadata={"detail": outcome.detail})
+    if not all(outcome.passed for outcome in report.values()):
+        failed = ", ".join(name for name, o in report.items() if not o.passed)
+        pipeline.record_failure(plan.request_ids, RuntimeError(f"checks failed: {failed}"),
+                                context.run_id)
+    yield dg.Output(built, output_name="training_file_json", metadata={
+        "version": plan.spec.version,
+        "key": built.json.key,
+        "sha256": built.json.sha256,
+        "size_bytes": built.json.size,
+        "conversations": built.conversation_count,
+        "training_pairs": built.training_pair_count,
+    })
+    yield dg.Output(built, output_name="training_file_jsonl", metadata={
+        "version": plan.spec.version,
+        "key": built.jsonl.key,
+        "sha256": built.jsonl.sha256,
+        "size_bytes": built.jsonl.size,
+        "lines": built.trainable_pair_count,
+    })
+
+
+@dg.asset(
+    partitions_def=training_files_partitions,
+    group_name="training_files",
+    ins={
+        "plan": dg.AssetIn("training_file_membership"),
+        "built": dg.AssetIn("training_file_jsonl"),
+    },
+    deps=[JSON_KEY],
+)
+def training_file_version(
+    context: dg.AssetExecutionContext, plan: VersionPlan, built: BuiltVersion,
+    brightrun: BrightRunResource,
+) -> dg.MaterializeResult:
+    """The published version: current pointer, version row, membership and request outcome."""
+    pipeline = brightrun.pipeline()
+    with pipeline.request_outcome(plan.request_ids, context.run_id):
+        record = pipeline.publish(plan, built)
+    return dg.MaterializeResult(metadata=lineage_metadata(pipeline, record))
+
+
+def lineage_metadata(pipeline, record) -> dict[str, dg.MetadataValue]:  # noqa: ANN001
+    """What a version's materialization shows in the UI: counts, hashes, keys and its conversations."""
+    from brightrun_pipeline.lineage import version_lineage_rows
+
+    rows = version_lineage_rows(pipeline, record.training_file_id, record.version)
+    return {
+        "version": dg.MetadataValue.int(record.version),
+        "reason": dg.MetadataValue.text(record.reason),
+        "request_ids": dg.MetadataValue.text(", ".join(record.request_ids)),
+        "conversations": dg.MetadataValue.int(record.conversation_count),
+        "training_pairs": dg.MetadataValue.int(record.training_pair_count),
+        "jsonl_lines": dg.MetadataValue.int(record.jsonl_line_count),
+        "json_size_bytes": dg.MetadataValue.int(record.json_size),
+        "jsonl_size_bytes": dg.MetadataValue.int(record.jsonl_size),
+        "json_sha256": dg.MetadataValue.text(record.json_sha256),
+        "jsonl_sha256": dg.MetadataValue.text(record.jsonl_sha256),
+        "json_key": dg.MetadataValue.path(record.json_key),
+        "jsonl_key": dg.MetadataValue.path(record.jsonl_key),
+        "manifest_key": dg.MetadataValue.path(record.manifest_key),
+        "conversation_lineage": dg.MetadataValue.table(
+            records=[dg.TableRecord(row) for row in rows[:500]],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn(name) for name in (
+                    "conversation_id", "batch_id", "persona", "arc", "topic", "quality",
+                    "source_sha256", "added_in_version")]),
+        ),
+    }

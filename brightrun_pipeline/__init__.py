@@ -1,0 +1,1 @@
+"""BrightRun: versioned LoRA training files built from enriched conversations."""

@@ -1,0 +1,642 @@
+"""The version builder: version N+1 of a training file from version N plus new conversations.
+
+Everything is streamed. The previous version's conversation blocks and JSONL lines are copied as
+bytes (never re-fetched or re-parsed); only new (or re-enriched) sources are fetched, parsed and
+serialized, one at a time. Hashes are computed while writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import orjson
+
+from brightrun_pipeline.config import RetrySettings
+from brightrun_pipeline.db.repository import MemberRecord
+from brightrun_pipeline.errors import ProcessingFailed, RequestRejected
+from brightrun_pipeline.models import (
+    FORMAT_SPEC,
+    FORMAT_VERSION,
+    JSONL_FIELDS,
+    ConversationBlockMetadata,
+    ManifestConversation,
+    ManifestObject,
+    QualitySummary,
+    Scaffolding,
+    ScaffoldingDistribution,
+    TrainingFileMetadata,
+)
+from brightrun_pipeline.rules import quality_tier
+from brightrun_pipeline.sources import ParsedSource, fetch_sources, parse_source
+from brightrun_pipeline.storage import ObjectStore
+
+CHUNK = 1 << 20
+BLOCK_START = b"    {\n"
+BODY_OPEN = b',\n  "conversations": [\n'
+BODY_CLOSE = b"\n  ]\n}"
+BLOCK_SEPARATOR = b",\n"
+_CONVERSATION_ID = re.compile(rb'"conversation_id": "([0-9a-f-]{36})"')
+
+
+def object_key(training_file_id: str, version: int, name: str) -> str:
+    """The storage key of one object of a version (contract §3)."""
+    return f"{training_file_id}/v{version}/{name}"
+
+
+def format_timestamp(moment: datetime) -> str:
+    """A publication time as ISO-8601 with seconds and offset, e.g. 2025-12-01T09:30:00+00:00."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def format_created(moment: datetime | None) -> str | None:
+    """A conversation's creation time as the block shows it (microseconds, UTC offset)."""
+    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class IncomingConversation:
+    """Database facts about a conversation whose source is (re)read for this version."""
+
+    conversation_id: str
+    batch_id: str | None
+    source_key: str
+    quality_score: float | None
+    persona_key: str | None
+    emotional_arc_key: str | None
+    topic_key: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PreviousVersion:
+    """Where the bytes of version N are, and how to check them."""
+
+    version: int
+    json_key: str
+    json_sha256: str
+    json_size: int
+    jsonl_key: str
+    jsonl_sha256: str
+    jsonl_size: int
+    body_start: int
+    body_end: int
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build: the file, the version, and the conversations to add or rebuild."""
+
+    training_file_id: str
+    file_name: str
+    description: str | None
+    file_created_at: datetime
+    version: int
+    published_at: datetime
+    reason: str
+    dagster_run_id: str | None
+    request_ids: list[str]
+    vertical: str | None
+    consultant_profile: dict[str, Any] | None
+    previous: PreviousVersion | None
+    additions: list[IncomingConversation]
+    rebuilds: list[IncomingConversation] = field(default_factory=list)
+    replace_leftovers: bool = True
+
+
+@dataclass(frozen=True)
+class BuiltVersion:
+    """A version whose three objects are written (not yet published)."""
+
+    spec: BuildSpec
+    json: ManifestObject
+    jsonl: ManifestObject
+    manifest: ManifestObject
+    body_start: int
+    body_end: int
+    conversation_count: int
+    training_pair_count: int
+    trainable_pair_count: int
+    human_reviewed_count: int
+    avg_quality_score: float | None
+    vertical: str | None
+    consultant_profile: dict[str, Any]
+    added_members: list[MemberRecord]
+    rebuilt_members: list[MemberRecord]
+
+
+class HashingWriter:
+    """A binary file writer that hashes and counts what it writes."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Write bytes, updating hash and size."""
+        self.raw.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+
+    def result(self, key: str) -> ManifestObject:
+        """The key, sha256 and size of what was written."""
+        return ManifestObject(key=key, sha256=self.hash.hexdigest(), size=self.size)
+
+
+class VerifyingReader:
+    """Reads a previous object front to back and checks its hash once it has been read whole."""
+
+    def __init__(self, raw: BinaryIO, *, expected_sha256: str, expected_size: int, label: str):
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.expected_sha256 = expected_sha256
+        self.expected_size = expected_size
+        self.label = label
+
+    def read(self, n: int = -1) -> bytes:
+        """Read and hash up to n bytes."""
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def copy_to(self, out: HashingWriter, length: int) -> None:
+        """Copy exactly `length` bytes to `out`."""
+        remaining = length
+        while remaining > 0:
+            data = self.read(min(CHUNK, remaining))
+            if not data:
+                raise ProcessingFailed(f"{self.label} ends early")
+            out.write(data)
+            remaining -= len(data)
+
+    def skip(self, length: int) -> None:
+        """Read (and hash) `length` bytes without copying them."""
+        remaining = length
+        while remaining > 0:
+            data = self.read(min(CHUNK, remaining))
+            if not data:
+                raise ProcessingFailed(f"{self.label} ends early")
+            remaining -= len(data)
+
+    def finish(self) -> None:
+        """Read the rest and fail if the object is not the one the database recorded."""
+        while self.read(CHUNK):
+            pass
+        if self.size != self.expected_size or self.hash.hexdigest() != self.expected_sha256:
+            raise ProcessingFailed(
+                f"{self.label} does not match its recorded sha256/size; refusing to build on it")
+
+
+@dataclass
+class _Processed:
+    """A freshly serialized conversation, spooled to disk."""
+
+    member: MemberRecord
+    block_offset: int
+    block_length: int
+    lines_offset: int
+    lines_length: int
+
+
+@dataclass
+class _Totals:
+    """Header figures accumulated over the conversations in file order."""
+
+    conversations: int = 0
+    pairs: int = 0
+    trainable: int = 0
+    human_reviewed: int = 0
+    scores: list[float] = field(default_factory=list)
+    personas: dict[str, int] = field(default_factory=dict)
+    arcs: dict[str, int] = field(default_factory=dict)
+    topics: dict[str, int] = field(default_factory=dict)
+
+    def add(self, member: MemberRecord) -> None:
+        self.conversations += 1
+        self.pairs += member.pair_count
+        self.trainable += member.trainable_pair_count
+        self.human_reviewed += member.human_reviewed_count
+        if member.quality_score is not None:
+            self.scores.append(float(member.quality_score))
+        for counts, key in ((self.personas, member.persona_key), (self.arcs, member.emotional_arc_key),
+                            (self.topics, member.topic_key)):
+            if key is not None:
+                counts[key] = counts.get(key, 0) + 1
+
+    def quality_summary(self) -> QualitySummary:
+        scores = self.scores
+        return QualitySummary(
+            avg_quality_score=math.fsum(scores) / len(scores) if scores else None,
+            min_quality_score=min(scores) if scores else None,
+            max_quality_score=max(scores) if scores else None,
+            human_reviewed_count=self.human_reviewed,
+            human_reviewed_percentage=(
+                round(100 * self.human_reviewed / self.pairs, 2) if self.pairs else 0.0),
+        )
+
+
+def _indent(document: Any, depth: int) -> bytes:
+    """2-space-indented JSON nested `depth` levels deep (raw newlines never occur inside JSON
+    strings, so shifting every line is safe)."""
+    data = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    pad = b"  " * depth
+    return pad + data.replace(b"\n", b"\n" + pad)
+
+
+def _document_prefix(metadata: TrainingFileMetadata, profile: dict[str, Any]) -> bytes:
+    head = orjson.dumps(
+        {"training_file_metadata": metadata.model_dump(mode="json"), "consultant_profile": profile},
+        option=orjson.OPT_INDENT_2,
+    )
+    assert head.endswith(b"\n}")
+    return head[:-2] + BODY_OPEN
+
+
+def block_and_lines(
+    source: ParsedSource, incoming: IncomingConversation, added_in_version: int, version: int,
+) -> tuple[bytes, bytes, MemberRecord]:
+    """Serialize one conversation: its JSON block, its JSONL lines and its membership facts."""
+    pairs: list[dict[str, Any]] = source.document["training_pairs"]
+    first_meta = pairs[0]["conversation_metadata"]
+    cid = incoming.conversation_id
+    metadata = ConversationBlockMetadata(
+        conversation_id=cid,
+        batch_id=incoming.batch_id,
+        source_file=incoming.source_key,
+        source_sha256=source.sha256,
+        created_date=format_created(incoming.created_at),
+        total_turns=len(pairs),
+        quality_score=incoming.quality_score,
+        quality_tier=quality_tier(incoming.quality_score),
+        added_in_version=added_in_version,
+        scaffolding=Scaffolding(
+            persona_key=incoming.persona_key,
+            persona_name=first_meta.get("client_persona"),
+            emotional_arc_key=incoming.emotional_arc_key,
+            emotional_arc=first_meta.get("emotional_arc"),
+            training_topic_key=incoming.topic_key,
+            training_topic=first_meta.get("training_topic"),
+        ),
+    )
+    block = _indent({"conversation_metadata": metadata.model_dump(mode="json"),
+                     "training_pairs": pairs}, 2)
+    lines = io.BytesIO()
+    trainable = 0
+    reviewed = 0
+    for pair in pairs:
+        if pair["training_metadata"].get("human_reviewed") is True:
+            reviewed += 1
+        target = pair["target_response"]
+        if not (isinstance(target, str) and target):
+            continue
+        trainable += 1
+        line = {"id": f"{cid}_turn{pair['turn_number']}", "conversation_id": cid}
+        for name in JSONL_FIELDS[2:]:
+            line[name] = pair[name]
+        lines.write(orjson.dumps(line))
+        lines.write(b"\n")
+    member = MemberRecord(
+        training_file_id="",
+        conversation_id=cid,
+        position=-1,
+        added_in_version=added_in_version,
+        built_in_version=version,
+        batch_id=incoming.batch_id,
+        source_key=incoming.source_key,
+        source_sha256=source.sha256,
+        source_updated_at=incoming.updated_at,
+        pair_count=len(pairs),
+        trainable_pair_count=trainable,
+        human_reviewed_count=reviewed,
+        quality_score=incoming.quality_score,
+        persona_key=incoming.persona_key,
+        emotional_arc_key=incoming.emotional_arc_key,
+        topic_key=incoming.topic_key,
+    )
+    return block, lines.getvalue(), member
+
+
+def iter_blocks(reader: VerifyingReader, length: int) -> Iterator[tuple[str, bytes]]:
+    """Split the previous body (`length` bytes) into (conversation_id, block) pairs.
+
+    Blocks are written by this module, so each starts with a line of exactly four spaces and `{`.
+    """
+    buffered = io.BufferedReader(_LimitedRaw(reader, length), buffer_size=CHUNK)
+    block: list[bytes] = []
+    for line in buffered:
+        if line == BLOCK_START and block:
+            yield _finish_block(block)
+            block = []
+        block.append(line)
+    if block:
+        yield _finish_block(block)
+
+
+def _finish_block(lines: list[bytes]) -> tuple[str, bytes]:
+    data = b"".join(lines)
+    if data.endswith(BLOCK_SEPARATOR):
+        data = data[: -len(BLOCK_SEPARATOR)]
+    match = _CONVERSATION_ID.search(data, 0, 400)
+    if match is None:
+        raise ProcessingFailed("previous training.json has a conversation block without an id")
+    return match.group(1).decode(), data
+
+
+class _LimitedRaw(io.RawIOBase):
+    """A raw stream over the next `length` bytes of a VerifyingReader."""
+
+    def __init__(self, reader: VerifyingReader, length: int) -> None:
+        self.reader = reader
+        self.remaining = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.remaining <= 0:
+            return 0
+        data = self.reader.read(min(len(buffer), self.remaining))
+        buffer[: len(data)] = data
+        self.remaining -= len(data)
+        return len(data)
+
+
+def _iter_line_groups(reader: VerifyingReader) -> Iterator[tuple[str, bytes]]:
+    """Group the previous JSONL into (conversation_id, lines) runs; a line's id starts with its
+    conversation id."""
+    buffered = io.BufferedReader(_LimitedRaw(reader, reader.expected_size), buffer_size=CHUNK)
+    current: str | None = None
+    group: list[bytes] = []
+    for line in buffered:
+        cid = line[7:43].decode()
+        if cid != current and group:
+            assert current is not None
+            yield current, b"".join(group)
+            group = []
+        current = cid
+        group.append(line)
+    if group:
+        assert current is not None
+        yield current, b"".join(group)
+
+
+def build_version(
+    spec: BuildSpec,
+    members: Callable[[], Iterable[MemberRecord]],
+    *,
+    sources: ObjectStore,
+    source_bucket: str,
+    outputs: ObjectStore,
+    output_bucket: str,
+    concurrency: int,
+    retry: RetrySettings,
+) -> BuiltVersion:
+    """Build and write training.json, training.jsonl and manifest.json of `spec.version`.
+
+    `members` yields the conversations already in the file, in file order (the database's view of
+    version N). Nothing is published here: the objects are written, the caller checks and commits.
+    """
+    tid = spec.training_file_id
+    keys = {name: object_key(tid, spec.version, name)
+            for name in ("training.json", "training.jsonl", "manifest.json")}
+    work = outputs.scratch_dir(output_bucket) / f"build-{uuid.uuid4().hex}"
+    work.mkdir(parents=True)
+    try:
+        with ExitStack() as stack:
+            built = _build(spec, members, keys, work, stack, sources=sources,
+                           source_bucket=source_bucket, outputs=outputs,
+                           output_bucket=output_bucket, concurrency=concurrency, retry=retry)
+        for name in ("training.json", "training.jsonl", "manifest.json"):
+            outputs.put_file(output_bucket, keys[name], work / name,
+                             replace=spec.replace_leftovers)
+        return built
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(
+    spec: BuildSpec,
+    members: Callable[[], Iterable[MemberRecord]],
+    keys: dict[str, str],
+    work: Path,
+    stack: ExitStack,
+    *,
+    sources: ObjectStore,
+    source_bucket: str,
+    outputs: ObjectStore,
+    output_bucket: str,
+    concurrency: int,
+    retry: RetrySettings,
+) -> BuiltVersion:
+    spool = stack.enter_context(open(work / "spool", "w+b"))
+    rebuild_ids = {c.conversation_id for c in spec.rebuilds}
+    profile = spec.consultant_profile
+    vertical = spec.vertical
+    processed: dict[str, _Processed] = {}
+    wanted = [(c.conversation_id, c.source_key) for c in [*spec.rebuilds, *spec.additions]]
+    incoming = {c.conversation_id: c for c in [*spec.rebuilds, *spec.additions]}
+    previous_members = {}
+    if rebuild_ids:
+        previous_members = {m.conversation_id: m for m in members()
+                            if m.conversation_id in rebuild_ids}
+    ineligible: dict[str, str] = {}
+    for fetched in fetch_sources(sources, source_bucket, wanted,
+                                 concurrency=concurrency, retry=retry):
+        source = parse_source(fetched)
+        document_profile = source.document["consultant_profile"]
+        if profile is None:
+            profile = document_profile
+            vertical = source.document["dataset_metadata"]["vertical"]
+        elif document_profile != profile:
+            ineligible[source.conversation_id] = (
+                f"its consultant ({document_profile.get('name')!r}) differs from the "
+                f"training file's ({profile.get('name')!r})")
+            continue
+        conversation = incoming[source.conversation_id]
+        added_in = (previous_members[conversation.conversation_id].added_in_version
+                    if conversation.conversation_id in rebuild_ids else spec.version)
+        block, lines, member = block_and_lines(source, conversation, added_in, spec.version)
+        block_offset = spool.tell()
+        spool.write(block)
+        lines_offset = spool.tell()
+        spool.write(lines)
+        processed[conversation.conversation_id] = _Processed(
+            member, block_offset, len(block), lines_offset, len(lines))
+    if ineligible:
+        if rebuild_ids & ineligible.keys():
+            raise ProcessingFailed("re-enriched sources changed consultant", ineligible)
+        raise RequestRejected(
+            f"{len(ineligible)} conversation(s) cannot be added to {spec.file_name!r}", ineligible)
+    assert profile is not None
+
+    def spooled(offset: int, length: int) -> bytes:
+        spool.seek(offset)
+        return spool.read(length)
+
+    # Header figures and manifest entries, in file order.
+    totals = _Totals()
+    manifest_entries = stack.enter_context(open(work / "manifest.part", "w+b"))
+    added_members: list[MemberRecord] = []
+    rebuilt_members: list[MemberRecord] = []
+    position = -1
+    first_entry = True
+
+    def record(member: MemberRecord) -> None:
+        nonlocal first_entry
+        totals.add(member)
+        entry = ManifestConversation(
+            conversation_id=member.conversation_id, batch_id=member.batch_id,
+            source_key=member.source_key, source_sha256=member.source_sha256,
+            pair_count=member.pair_count, added_in_version=member.added_in_version)
+        if not first_entry:
+            manifest_entries.write(BLOCK_SEPARATOR)
+        first_entry = False
+        manifest_entries.write(_indent(entry.model_dump(mode="json"), 2))
+
+    for member in members() if spec.previous is not None else ():
+        position = member.position
+        fresh = processed.get(member.conversation_id)
+        if fresh is not None and member.conversation_id in rebuild_ids:
+            member = _placed(fresh.member, tid=spec.training_file_id, position=member.position)
+            rebuilt_members.append(member)
+        record(member)
+    for conversation in spec.additions:
+        position += 1
+        member = _placed(processed[conversation.conversation_id].member,
+                         tid=spec.training_file_id, position=position)
+        added_members.append(member)
+        record(member)
+
+    metadata = TrainingFileMetadata(
+        training_file_id=spec.training_file_id,
+        file_name=spec.file_name,
+        description=spec.description,
+        version=FORMAT_VERSION,
+        file_version=spec.version,
+        format_spec=FORMAT_SPEC,
+        vertical=vertical,
+        created_date=spec.file_created_at.astimezone(UTC).date().isoformat(),
+        last_updated=format_timestamp(spec.published_at),
+        total_conversations=totals.conversations,
+        total_training_pairs=totals.pairs,
+        trainable_pairs=totals.trainable,
+        quality_summary=totals.quality_summary(),
+        scaffolding_distribution=ScaffoldingDistribution(
+            personas=totals.personas, emotional_arcs=totals.arcs, training_topics=totals.topics),
+    )
+
+    # training.json and training.jsonl
+    json_out = HashingWriter(stack.enter_context(open(work / "training.json", "wb")))
+    jsonl_out = HashingWriter(stack.enter_context(open(work / "training.jsonl", "wb")))
+    json_out.write(_document_prefix(metadata, profile))
+    body_start = json_out.size
+    wrote_block = False
+    previous = spec.previous
+    if previous is not None:
+        with outputs.open_read(output_bucket, previous.json_key) as raw:
+            reader = VerifyingReader(raw, expected_sha256=previous.json_sha256,
+                                     expected_size=previous.json_size,
+                                     label=f"training.json of version {previous.version}")
+            reader.skip(previous.body_start)
+            body_length = previous.body_end - previous.body_start
+            if not rebuild_ids:
+                reader.copy_to(json_out, body_length)
+            else:
+                for index, (cid, block) in enumerate(iter_blocks(reader, body_length)):
+                    if index:
+                        json_out.write(BLOCK_SEPARATOR)
+                    fresh = processed.get(cid) if cid in rebuild_ids else None
+                    json_out.write(block if fresh is None
+                                   else spooled(fresh.block_offset, fresh.block_length))
+            reader.finish()
+            wrote_block = True
+        with outputs.open_read(output_bucket, previous.jsonl_key) as raw:
+            reader = VerifyingReader(raw, expected_sha256=previous.jsonl_sha256,
+                                     expected_size=previous.jsonl_size,
+                                     label=f"training.jsonl of version {previous.version}")
+            if not rebuild_ids:
+                reader.copy_to(jsonl_out, previous.jsonl_size)
+            else:
+                groups = _iter_line_groups(reader)
+                for member in members():
+                    previous_lines = b""
+                    if member.trainable_pair_count:
+                        group_cid, previous_lines = next(groups, ("", b""))
+                        if group_cid != member.conversation_id:
+                            raise ProcessingFailed(
+                                f"training.jsonl of version {previous.version} is out of step "
+                                f"with its membership at conversation {member.conversation_id}")
+                    fresh = processed.get(member.conversation_id)
+                    if member.conversation_id in rebuild_ids and fresh is not None:
+                        jsonl_out.write(spooled(fresh.lines_offset, fresh.lines_length))
+                    else:
+                        jsonl_out.write(previous_lines)
+            reader.finish()
+    for conversation in spec.additions:
+        fresh = processed[conversation.conversation_id]
+        if wrote_block:
+            json_out.write(BLOCK_SEPARATOR)
+        json_out.write(spooled(fresh.block_offset, fresh.block_length))
+        jsonl_out.write(spooled(fresh.lines_offset, fresh.lines_length))
+        wrote_block = True
+    body_end = json_out.size
+    json_out.write(BODY_CLOSE)
+    json_object = json_out.result(keys["training.json"])
+    jsonl_object = jsonl_out.result(keys["training.jsonl"])
+
+    # manifest.json
+    manifest_out = HashingWriter(stack.enter_context(open(work / "manifest.json", "wb")))
+    head = orjson.dumps({
+        "training_file_id": spec.training_file_id,
+        "file_name": spec.file_name,
+        "version": spec.version,
+        "created_at": format_timestamp(spec.published_at),
+        "dagster_run_id": spec.dagster_run_id,
+        "request_ids": spec.request_ids,
+        "reason": spec.reason,
+        "files": {"training.json": json_object.model_dump(),
+                  "training.jsonl": jsonl_object.model_dump()},
+    }, option=orjson.OPT_INDENT_2)
+    manifest_out.write(head[:-2] + b',\n  "conversations": [\n')
+    manifest_entries.seek(0)
+    while chunk := manifest_entries.read(CHUNK):
+        manifest_out.write(chunk)
+    manifest_out.write(BODY_CLOSE)
+
+    return BuiltVersion(
+        spec=spec,
+        json=json_object,
+        jsonl=jsonl_object,
+        manifest=manifest_out.result(keys["manifest.json"]),
+        body_start=body_start,
+        body_end=body_end,
+        conversation_count=totals.conversations,
+        training_pair_count=totals.pairs,
+        trainable_pair_count=totals.trainable,
+        human_reviewed_count=totals.human_reviewed,
+        avg_quality_score=metadata.quality_summary.avg_quality_score,
+        vertical=vertical,
+        consultant_profile=profile,
+        added_members=added_members,
+        rebuilt_members=rebuilt_members,
+    )
+
+
+def _placed(member: MemberRecord, *, tid: str, position: int) -> MemberRecord:
+    return replace(member, training_file_id=tid, position=position)
+
+

@@ -1,0 +1,83 @@
+"""The one place that reads configuration from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOME = Path(".brightrun")
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Per-fetch retry policy for transient storage errors."""
+
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the pipeline needs to know about where things live."""
+
+    database_url: str
+    storage_root: Path
+    dagster_home: Path
+    source_bucket: str = "conversation-files"
+    training_bucket: str = "training-files"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    fetch_concurrency: int = 16
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+    @property
+    def uses_s3(self) -> bool:
+        """True when objects live in S3 (or an S3-compatible store) instead of a local directory."""
+        return self.s3_endpoint_url is not None or self.storage_root.as_posix().startswith("s3:")
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read BRIGHTRUN_* and DAGSTER_HOME, falling back to the embedded defaults under ./.brightrun."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("BRIGHTRUN_HOME") or DEFAULT_HOME)
+    database_url = env.get("BRIGHTRUN_DATABASE_URL") or f"sqlite:///{home / 'brightrun.db'}"
+    return Settings(
+        database_url=database_url,
+        storage_root=Path(env.get("BRIGHTRUN_STORAGE_ROOT") or home / "storage"),
+        dagster_home=Path(env.get("DAGSTER_HOME") or home / "dagster"),
+        source_bucket=env.get("BRIGHTRUN_SOURCE_BUCKET") or "conversation-files",
+        training_bucket=env.get("BRIGHTRUN_TRAINING_BUCKET") or "training-files",
+        s3_endpoint_url=env.get("BRIGHTRUN_S3_ENDPOINT_URL") or None,
+        s3_region=env.get("BRIGHTRUN_S3_REGION") or None,
+        fetch_concurrency=_int(env, "BRIGHTRUN_FETCH_CONCURRENCY", 16),
+        retry=RetrySettings(
+            attempts=_int(env, "BRIGHTRUN_FETCH_ATTEMPTS", 5),
+            base_delay=_float(env, "BRIGHTRUN_FETCH_BASE_DELAY", 0.2),
+            max_delay=_float(env, "BRIGHTRUN_FETCH_MAX_DELAY", 5.0),
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Database layer: the source tables we read and the tables the pipeline owns."""

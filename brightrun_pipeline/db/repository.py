@@ -1,0 +1,531 @@
+"""All reads and writes of our tables, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from brightrun_pipeline.db.schema import (
+    CATALOG_VIEW,
+    batch_items,
+    batch_jobs,
+    conversations,
+    selection_requests,
+    training_file_conversations,
+    training_file_versions,
+    training_files,
+)
+from brightrun_pipeline.errors import RequestRejected, StaleVersion
+from brightrun_pipeline.models import RequestError, SelectionRequest
+from brightrun_pipeline.rules import name_key
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+CATALOG_SORT_COLUMNS = (
+    "batch_id", "created_at", "updated_at", "conversation_id", "title", "persona_key",
+    "emotional_arc_key", "topic_key", "tier", "quality_score", "enrichment_status",
+)
+
+catalog = sa.table(CATALOG_VIEW, *(sa.column(c.name) for c in conversations.c),
+                   sa.column("batch_id"))
+# Typed access to the view: reuse the table's column types so values decode the same way.
+catalog_columns = [sa.type_coerce(catalog.c[c.name], c.type).label(c.name)
+                   for c in conversations.c] + [
+    sa.type_coerce(catalog.c.batch_id, batch_items.c.batch_job_id.type).label("batch_id")]
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """A conversation as the catalog lists it, with its Batch ID."""
+
+    id: str
+    conversation_id: str
+    title: str | None
+    persona_key: str | None
+    emotional_arc_key: str | None
+    topic_key: str | None
+    tier: str | None
+    quality_score: float | None
+    empathy_score: float | None
+    clarity_score: float | None
+    appropriateness_score: float | None
+    brand_voice_alignment: float | None
+    enrichment_status: str | None
+    enriched_file_path: str | None
+    created_by: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    batch_id: str | None
+
+
+@dataclass(frozen=True)
+class TrainingFileRecord:
+    """A row of `training_files`."""
+
+    id: str
+    name: str
+    description: str | None
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    current_version: int | None
+    status: str
+    vertical: str | None
+    consultant_profile: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A row of `training_file_versions`: one published version."""
+
+    training_file_id: str
+    version: int
+    reason: str
+    json_key: str
+    json_sha256: str
+    json_size: int
+    jsonl_key: str
+    jsonl_sha256: str
+    jsonl_size: int
+    manifest_key: str
+    manifest_sha256: str
+    json_body_start: int
+    json_body_end: int
+    conversation_count: int
+    training_pair_count: int
+    trainable_pair_count: int
+    jsonl_line_count: int
+    human_reviewed_count: int
+    avg_quality_score: float | None
+    request_ids: list[str]
+    dagster_run_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """A row of `training_file_conversations`: one conversation of a file and what built it."""
+
+    training_file_id: str
+    conversation_id: str
+    position: int
+    added_in_version: int
+    built_in_version: int
+    batch_id: str | None
+    source_key: str
+    source_sha256: str
+    source_updated_at: datetime | None
+    pair_count: int
+    trainable_pair_count: int
+    human_reviewed_count: int
+    quality_score: float | None
+    persona_key: str | None
+    emotional_arc_key: str | None
+    topic_key: str | None
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """The training file a first version creates."""
+
+    id: str
+    name: str
+    description: str | None
+    created_by: str | None
+    created_at: datetime
+
+
+@dataclass
+class Publication:
+    """Everything that changes, in one transaction, when a version is published."""
+
+    version: VersionRecord
+    expected_current_version: int | None
+    new_file: NewFile | None
+    vertical: str | None
+    consultant_profile: dict[str, Any] | None
+    added_members: list[MemberRecord] = field(default_factory=list)
+    rebuilt_members: list[MemberRecord] = field(default_factory=list)
+    published_at: datetime | None = None
+
+
+def _record(cls: type, row: sa.Row[Any]) -> Any:
+    return cls(**{name: row._mapping[name] for name in cls.__dataclass_fields__})
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for our database URL; SQLite gets WAL, a busy timeout and its parent directory."""
+    if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """The pipeline's view of its database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_db_engine(url)
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def upgrade(self) -> None:
+        """Create or upgrade the schema (idempotent)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    # --- Catalog -------------------------------------------------------------------------------
+
+    def list_conversations(
+        self,
+        *,
+        batch_id: str | None = None,
+        status: str | None = None,
+        eligible: bool | None = None,
+        sort: str = "created_at",
+        descending: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[CatalogRow]:
+        """Conversations with their Batch ID, filtered and sorted as a curator asks."""
+        if sort not in CATALOG_SORT_COLUMNS:
+            raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(CATALOG_SORT_COLUMNS)}")
+        query = sa.select(*catalog_columns)
+        if batch_id is not None:
+            # The semi-join lets the index on batch_items.batch_job_id narrow the rows first.
+            query = query.where(
+                catalog.c.conversation_id.in_(
+                    sa.select(batch_items.c.conversation_id).where(
+                        batch_items.c.batch_job_id == batch_id)),
+                catalog.c.batch_id == sa.type_coerce(batch_id, batch_items.c.batch_job_id.type),
+            )
+        if status is not None:
+            query = query.where(catalog.c.enrichment_status == status)
+        if eligible is not None:
+            condition = sa.and_(catalog.c.enrichment_status == "completed",
+                                catalog.c.enriched_file_path.is_not(None))
+            query = query.where(condition if eligible else sa.not_(condition))
+        order = catalog.c[sort]
+        query = query.order_by(order.desc() if descending else order.asc(),
+                               catalog.c.conversation_id.asc())
+        if limit is not None:
+            query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
+        with self.engine.connect() as connection:
+            return [_record(CatalogRow, row) for row in connection.execute(query)]
+
+    def conversations_by_id(self, conversation_ids: Iterable[str]) -> dict[str, CatalogRow]:
+        """The catalog rows of the given (normalized) conversation IDs that exist."""
+        ids = sorted(set(conversation_ids))
+        found: dict[str, CatalogRow] = {}
+        with self.engine.connect() as connection:
+            for chunk_start in range(0, len(ids), 500):
+                chunk = ids[chunk_start:chunk_start + 500]
+                query = sa.select(*catalog_columns).where(
+                    catalog.c.conversation_id.in_(
+                        [sa.type_coerce(i, conversations.c.conversation_id.type) for i in chunk]))
+                for row in connection.execute(query):
+                    record = _record(CatalogRow, row)
+                    found[record.conversation_id] = record
+        return found
+
+    def batch_exists(self, batch_id: str) -> bool:
+        """Whether a batch job with this id exists."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(batch_jobs.c.id).where(batch_jobs.c.id == batch_id)).first() is not None
+
+    def batch_conversation_ids(self, batch_id: str) -> list[str]:
+        """Conversations whose Batch ID is this batch, in the order the batch produced them."""
+        rows = self.list_conversations(batch_id=batch_id, sort="created_at")
+        return [row.conversation_id for row in rows]
+
+    # --- Training files ------------------------------------------------------------------------
+
+    def find_file(self, ref: str) -> TrainingFileRecord | None:
+        """A training file by id or (case-insensitive) name."""
+        from brightrun_pipeline.rules import normalize_uuid
+
+        file_id = normalize_uuid(ref)
+        with self.engine.connect() as connection:
+            if file_id is not None:
+                row = connection.execute(
+                    sa.select(training_files).where(training_files.c.id == file_id)).first()
+                if row is not None:
+                    return _record(TrainingFileRecord, row)
+            row = connection.execute(
+                sa.select(training_files).where(training_files.c.name_key == name_key(ref))
+            ).first()
+            return None if row is None else _record(TrainingFileRecord, row)
+
+    def get_file(self, file_id: str) -> TrainingFileRecord | None:
+        """A training file by id."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(training_files).where(training_files.c.id == file_id)).first()
+            return None if row is None else _record(TrainingFileRecord, row)
+
+    def file_name_taken(self, name: str) -> bool:
+        """Whether a training file already uses this name (case-insensitive)."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(training_files.c.id).where(training_files.c.name_key == name_key(name))
+            ).first() is not None
+
+    def list_files(self) -> list[tuple[TrainingFileRecord, VersionRecord | None]]:
+        """Every training file with its current version, newest activity first."""
+        joined = training_files.outerjoin(
+            training_file_versions,
+            sa.and_(training_file_versions.c.training_file_id == training_files.c.id,
+                    training_file_versions.c.version == training_files.c.current_version))
+        version_cols = [c.label(f"v_{c.name}") for c in training_file_versions.c]
+        query = sa.select(training_files, *version_cols).select_from(joined).order_by(
+            training_files.c.updated_at.desc(), training_files.c.name_key)
+        result = []
+        with self.engine.connect() as connection:
+            for row in connection.execute(query):
+                file = _record(TrainingFileRecord, row)
+                version = None
+                if row._mapping["v_version"] is not None:
+                    values = {name: row._mapping[f"v_{name}"]
+                              for name in VersionRecord.__dataclass_fields__}
+                    version = VersionRecord(**values)
+                result.append((file, version))
+        return result
+
+    def get_version(self, file_id: str, version: int | None = None) -> VersionRecord | None:
+        """A published version of a file (the current one when `version` is None)."""
+        with self.engine.connect() as connection:
+            if version is None:
+                version = connection.execute(
+                    sa.select(training_files.c.current_version).where(
+                        training_files.c.id == file_id)).scalar()
+                if version is None:
+                    return None
+            row = connection.execute(
+                sa.select(training_file_versions).where(
+                    training_file_versions.c.training_file_id == file_id,
+                    training_file_versions.c.version == version)).first()
+            return None if row is None else _record(VersionRecord, row)
+
+    def list_versions(self, file_id: str) -> list[VersionRecord]:
+        """Every published version of a file, oldest first."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(training_file_versions).where(
+                    training_file_versions.c.training_file_id == file_id
+                ).order_by(training_file_versions.c.version))
+            return [_record(VersionRecord, row) for row in rows]
+
+    def member_versions(self, file_id: str, conversation_ids: Iterable[str]) -> dict[str, int]:
+        """Which of these conversations are already in the file, with the version that added each."""
+        ids = sorted(set(conversation_ids))
+        found: dict[str, int] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                rows = connection.execute(
+                    sa.select(training_file_conversations.c.conversation_id,
+                              training_file_conversations.c.added_in_version).where(
+                        training_file_conversations.c.training_file_id == file_id,
+                        training_file_conversations.c.conversation_id.in_(
+                            [sa.type_coerce(i, conversations.c.conversation_id.type)
+                             for i in chunk])))
+                found.update({row.conversation_id: row.added_in_version for row in rows})
+        return found
+
+    def iter_members(self, file_id: str) -> Iterator[MemberRecord]:
+        """The conversations of a file in file order, streamed."""
+        query = sa.select(training_file_conversations).where(
+            training_file_conversations.c.training_file_id == file_id
+        ).order_by(training_file_conversations.c.position)
+        with self.engine.connect() as connection:
+            result = connection.execution_options(yield_per=1000).execute(query)
+            for row in result:
+                yield _record(MemberRecord, row)
+
+    def files_containing(self, conversation_id: str) -> list[tuple[TrainingFileRecord, MemberRecord]]:
+        """Every training file that holds this conversation, with its membership row."""
+        query = sa.select(training_files, *[c.label(f"m_{c.name}")
+                                            for c in training_file_conversations.c]).join(
+            training_file_conversations,
+            training_file_conversations.c.training_file_id == training_files.c.id,
+        ).where(training_file_conversations.c.conversation_id == sa.type_coerce(
+            conversation_id, conversations.c.conversation_id.type)
+        ).order_by(training_files.c.name_key)
+        with self.engine.connect() as connection:
+            result = []
+            for row in connection.execute(query):
+                member = MemberRecord(**{name: row._mapping[f"m_{name}"]
+                                         for name in MemberRecord.__dataclass_fields__})
+                result.append((_record(TrainingFileRecord, row), member))
+            return result
+
+    # --- Selection requests ----------------------------------------------------------------------
+
+    def insert_request(self, request: SelectionRequest, now: datetime) -> None:
+        """Store a new selection request."""
+        values = request.model_dump(exclude={"error"})
+        values["error"] = None if request.error is None else request.error.model_dump()
+        values["created_at"] = values["created_at"] or now
+        values["updated_at"] = now
+        with self.engine.begin() as connection:
+            connection.execute(sa.insert(selection_requests).values(**values))
+
+    def get_request(self, request_id: str) -> SelectionRequest | None:
+        """A selection request by id."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(selection_requests).where(
+                selection_requests.c.id == request_id)).first()
+            return None if row is None else _request(row)
+
+    def list_requests(
+        self, *, status: str | None = None, limit: int | None = None,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[SelectionRequest]:
+        """Requests oldest first, optionally by status and after a (created_at, id) position."""
+        query = sa.select(selection_requests)
+        if status is not None:
+            query = query.where(selection_requests.c.status == status)
+        if after is not None:
+            created, request_id = after
+            query = query.where(sa.or_(
+                selection_requests.c.created_at > created,
+                sa.and_(selection_requests.c.created_at == created,
+                        selection_requests.c.id > request_id)))
+        query = query.order_by(selection_requests.c.created_at, selection_requests.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as connection:
+            return [_request(row) for row in connection.execute(query)]
+
+    def transition_request(
+        self, request_id: str, *, from_statuses: Sequence[str], to: str, now: datetime,
+        **values: Any,
+    ) -> bool:
+        """Move a request to a new status only if it is in one of `from_statuses` (compare-and-set)."""
+        if "error" in values and isinstance(values["error"], RequestError):
+            values["error"] = values["error"].model_dump()
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                sa.update(selection_requests).where(
+                    selection_requests.c.id == request_id,
+                    selection_requests.c.status.in_(list(from_statuses)),
+                ).values(status=to, updated_at=now, **values))
+            return result.rowcount == 1
+
+    # --- Publication -------------------------------------------------------------------------
+
+    def publish_version(self, publication: Publication, request_ids: Sequence[str]) -> None:
+        """Make a built version current: file pointer (compare-and-swap), version row, membership
+        and request statuses change together or not at all."""
+        version = publication.version
+        now = publication.published_at or version.created_at
+        with self.engine.begin() as connection:
+            if publication.new_file is not None:
+                self._insert_file(connection, publication, now)
+            else:
+                self._advance_file(connection, publication, now)
+            connection.execute(sa.insert(training_file_versions).values(
+                **{name: getattr(version, name) for name in VersionRecord.__dataclass_fields__}))
+            if publication.added_members:
+                connection.execute(sa.insert(training_file_conversations), [
+                    {**_member_values(m), "created_at": now} for m in publication.added_members])
+            for member in publication.rebuilt_members:
+                connection.execute(sa.update(training_file_conversations).where(
+                    training_file_conversations.c.training_file_id == member.training_file_id,
+                    training_file_conversations.c.conversation_id == member.conversation_id,
+                ).values(**_member_values(member)))
+            for request_id in request_ids:
+                updated = connection.execute(sa.update(selection_requests).where(
+                    selection_requests.c.id == request_id,
+                    selection_requests.c.status.in_(["queued", "running", "failed"]),
+                ).values(status="succeeded", result_version=version.version, error=None,
+                         dagster_run_id=version.dagster_run_id, updated_at=now))
+                if updated.rowcount != 1:
+                    raise StaleVersion(
+                        f"request {request_id} is no longer waiting to be published")
+
+    def _insert_file(self, connection: Connection, publication: Publication, now: datetime) -> None:
+        new = publication.new_file
+        assert new is not None
+        try:
+            with connection.begin_nested():
+                connection.execute(sa.insert(training_files).values(
+                    id=new.id, name=new.name, name_key=name_key(new.name),
+                    description=new.description, created_by=new.created_by,
+                    created_at=new.created_at, updated_at=now,
+                    current_version=publication.version.version, status="ready",
+                    vertical=publication.vertical,
+                    consultant_profile=publication.consultant_profile))
+        except IntegrityError as exc:
+            if self.get_file_in(connection, new.id) is not None:
+                raise StaleVersion(f"training file {new.id} was already created") from exc
+            raise RequestRejected(
+                f"a training file named {new.name!r} already exists") from exc
+
+    @staticmethod
+    def get_file_in(connection: Connection, file_id: str) -> sa.Row[Any] | None:
+        """A training_files row read inside an open transaction."""
+        return connection.execute(
+            sa.select(training_files.c.id).where(training_files.c.id == file_id)).first()
+
+    @staticmethod
+    def _advance_file(connection: Connection, publication: Publication, now: datetime) -> None:
+        version = publication.version
+        expected = publication.expected_current_version
+        current = training_files.c.current_version
+        result = connection.execute(sa.update(training_files).where(
+            training_files.c.id == version.training_file_id,
+            current.is_(None) if expected is None else current == expected,
+        ).values(current_version=version.version, updated_at=now, status="ready"))
+        if result.rowcount != 1:
+            raise StaleVersion(
+                f"training file {version.training_file_id} moved past version {expected} "
+                f"while version {version.version} was being built")
+
+
+def _member_values(member: MemberRecord) -> dict[str, Any]:
+    return {name: getattr(member, name) for name in MemberRecord.__dataclass_fields__}
+
+
+def _request(row: sa.Row[Any]) -> SelectionRequest:
+    values = dict(row._mapping)
+    error = values.get("error")
+    if isinstance(error, dict):
+        try:
+            values["error"] = RequestError.model_validate(error)
+        except ValueError:
+            values["error"] = RequestError(message=str(error))
+    elif error is not None:
+        values["error"] = RequestError(message=str(error))
+    values.pop("attempts", None)
+    return SelectionRequest.model_validate(values)

@@ -1,0 +1,187 @@
+"""Table definitions: the upstream source tables (contract §1) and the tables we own (§2)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from brightrun_pipeline.db.types import JSONDocument, Timestamp, UUIDText
+
+metadata = MetaData()
+
+Score = Numeric(asdecimal=False)
+
+# --- Source tables, written by the upstream application --------------------------------
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", UUIDText, primary_key=True),
+    Column("conversation_id", UUIDText, nullable=False, unique=True),
+    Column("title", Text),
+    Column("persona_key", Text),
+    Column("emotional_arc_key", Text),
+    Column("topic_key", Text),
+    Column("tier", Text),
+    Column("quality_score", Score),
+    Column("empathy_score", Score),
+    Column("clarity_score", Score),
+    Column("appropriateness_score", Score),
+    Column("brand_voice_alignment", Score),
+    Column("enrichment_status", Text, nullable=False, server_default="not_started"),
+    Column("enriched_file_path", Text),
+    Column("created_by", Text),
+    Column("created_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+    Column("updated_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+)
+
+batch_jobs = Table(
+    "batch_jobs",
+    metadata,
+    Column("id", UUIDText, primary_key=True),
+    Column("name", Text),
+    Column("status", Text, nullable=False, server_default="queued"),
+    Column("tier", Text),
+    Column("total_items", Integer, nullable=False, server_default="0"),
+    Column("created_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+)
+
+batch_items = Table(
+    "batch_items",
+    metadata,
+    Column("id", UUIDText, primary_key=True),
+    Column("batch_job_id", UUIDText, ForeignKey("batch_jobs.id"), nullable=False),
+    Column("conversation_id", UUIDText),
+    Column("status", Text, nullable=False, server_default="queued"),
+    Column("created_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+)
+
+SOURCE_TABLES = (conversations, batch_jobs, batch_items)
+
+# Indexes we add to the source tables so that Batch ID lookups, filters and sorts stay cheap.
+SOURCE_INDEXES = (
+    Index("ix_batch_items_conversation_created", batch_items.c.conversation_id,
+          batch_items.c.created_at, batch_items.c.id),
+    Index("ix_batch_items_batch_job", batch_items.c.batch_job_id),
+    Index("ix_conversations_updated_at", conversations.c.updated_at),
+)
+
+# --- Tables the pipeline owns --------------------------------------------------------------
+
+training_files = Table(
+    "training_files",
+    metadata,
+    Column("id", UUIDText, primary_key=True),
+    Column("name", String(120), nullable=False),
+    Column("name_key", String(480), nullable=False, unique=True),
+    Column("description", Text),
+    Column("created_by", Text),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("current_version", Integer),
+    Column("status", String(20), nullable=False),
+    Column("vertical", Text),
+    Column("consultant_profile", JSONDocument),
+)
+
+training_file_versions = Table(
+    "training_file_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("training_file_id", UUIDText, ForeignKey("training_files.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("reason", String(40), nullable=False),
+    Column("json_key", Text, nullable=False),
+    Column("json_sha256", String(64), nullable=False),
+    Column("json_size", Integer, nullable=False),
+    Column("jsonl_key", Text, nullable=False),
+    Column("jsonl_sha256", String(64), nullable=False),
+    Column("jsonl_size", Integer, nullable=False),
+    Column("manifest_key", Text, nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("json_body_start", Integer, nullable=False),
+    Column("json_body_end", Integer, nullable=False),
+    Column("conversation_count", Integer, nullable=False),
+    Column("training_pair_count", Integer, nullable=False),
+    Column("trainable_pair_count", Integer, nullable=False),
+    Column("jsonl_line_count", Integer, nullable=False),
+    Column("human_reviewed_count", Integer, nullable=False),
+    Column("avg_quality_score", Numeric(asdecimal=False)),
+    Column("request_ids", JSONDocument, nullable=False),
+    Column("dagster_run_id", Text),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("training_file_id", "version", name="uq_training_file_versions_version"),
+)
+
+training_file_conversations = Table(
+    "training_file_conversations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("training_file_id", UUIDText, ForeignKey("training_files.id"), nullable=False),
+    Column("conversation_id", UUIDText, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("added_in_version", Integer, nullable=False),
+    Column("built_in_version", Integer, nullable=False),
+    Column("batch_id", UUIDText),
+    Column("source_key", Text, nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("source_updated_at", Timestamp),
+    Column("pair_count", Integer, nullable=False),
+    Column("trainable_pair_count", Integer, nullable=False),
+    Column("human_reviewed_count", Integer, nullable=False),
+    Column("quality_score", Numeric(asdecimal=False)),
+    Column("persona_key", Text),
+    Column("emotional_arc_key", Text),
+    Column("topic_key", Text),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("training_file_id", "conversation_id", name="uq_training_file_conversation"),
+    UniqueConstraint("training_file_id", "position", name="uq_training_file_position"),
+    Index("ix_training_file_conversations_conversation", "conversation_id"),
+)
+
+selection_requests = Table(
+    "selection_requests",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("training_file_id", UUIDText),
+    Column("new_file_name", Text),
+    Column("new_file_description", Text),
+    Column("conversation_ids", JSONDocument, nullable=False),
+    Column("requested_by", Text),
+    Column("status", String(20), nullable=False, server_default="pending"),
+    Column("error", JSONDocument),
+    Column("result_version", Integer),
+    Column("dagster_run_id", Text),
+    Column("target_file_id", UUIDText),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+    Column("updated_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+    Index("ix_selection_requests_status_created", "status", "created_at"),
+    Index("ix_selection_requests_target", "target_file_id"),
+)
+
+OWNED_TABLES = (training_files, training_file_versions, training_file_conversations,
+                selection_requests)
+
+CATALOG_VIEW = "conversation_catalog"
+
+# Batch ID of a conversation: the batch job of its earliest batch item (ties broken by item id).
+CATALOG_VIEW_SQL = f"""
+CREATE VIEW {CATALOG_VIEW} AS
+SELECT c.*,
+       (SELECT bi.batch_job_id FROM batch_items bi
+         WHERE bi.conversation_id = c.conversation_id
+         ORDER BY bi.created_at, bi.id LIMIT 1) AS batch_id
+FROM conversations c
+"""

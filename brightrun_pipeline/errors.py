@@ -1,0 +1,89 @@
+"""The small vocabulary of domain errors, mapped once to exit codes and request statuses."""
+
+from __future__ import annotations
+
+
+class BrightRunError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BrightRunError):
+    """The caller asked for something that cannot be done as asked (bad option, unknown file)."""
+
+    exit_code = 2
+
+
+class RequestRejected(BrightRunError):
+    """A selection request breaks the rules; carries one reason per offending conversation."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, conversations: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.conversations = dict(conversations or {})
+
+    def as_error(self) -> dict[str, object]:
+        """The JSON stored in `selection_requests.error`."""
+        return {"message": self.message, "conversations": self.conversations}
+
+
+class ProcessingFailed(BrightRunError):
+    """A valid request could not be built or published."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, conversations: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.conversations = dict(conversations or {})
+
+    def as_error(self) -> dict[str, object]:
+        """The JSON stored in `selection_requests.error`."""
+        return {"message": self.message, "conversations": self.conversations}
+
+
+class SourceError(ProcessingFailed):
+    """A conversation's enriched file is missing, not JSON, or not in the enriched format."""
+
+    def __init__(self, conversation_id: str, reason: str) -> None:
+        super().__init__(
+            f"source file of conversation {conversation_id} is unusable: {reason}",
+            {conversation_id: reason},
+        )
+        self.conversation_id = conversation_id
+        self.reason = reason
+
+
+class StaleVersion(ProcessingFailed):
+    """Another build published first: this build's base version is no longer current."""
+
+
+class ObjectNotFound(BrightRunError):
+    """A storage object does not exist (permanent)."""
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"object not found: {bucket}/{key}")
+        self.bucket = bucket
+        self.key = key
+
+
+class ObjectExists(BrightRunError):
+    """A write-once object already exists with different content."""
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"object already exists with other content: {bucket}/{key}")
+        self.bucket = bucket
+        self.key = key
+
+
+class TransientStorageError(BrightRunError):
+    """A storage call failed in a way that may succeed if tried again (timeouts, 5xx, throttling)."""
+
+
+class InvalidKey(BrightRunError):
+    """A storage key is malformed or would escape its bucket."""
+
+    exit_code = 2

@@ -1,0 +1,354 @@
+"""The request life cycle (contract §4): validate, claim, plan, build, publish — one core for the
+CLI, the sensor and the assets."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from brightrun_pipeline.builder import (
+    BuildSpec,
+    BuiltVersion,
+    IncomingConversation,
+    PreviousVersion,
+    build_version,
+)
+from brightrun_pipeline.config import RetrySettings, Settings
+from brightrun_pipeline.db.repository import (
+    CatalogRow,
+    Database,
+    NewFile,
+    Publication,
+    TrainingFileRecord,
+    VersionRecord,
+)
+from brightrun_pipeline.errors import BrightRunError, ProcessingFailed, RequestRejected, UsageError
+from brightrun_pipeline.models import RequestError, SelectionRequest
+from brightrun_pipeline.rules import (
+    ConversationFacts,
+    check_request_size,
+    check_selection,
+    normalize_file_name,
+    normalize_uuid,
+)
+from brightrun_pipeline.storage import ObjectStore
+
+TRAINING_FILE_NAMESPACE = uuid.UUID("6f1d7c52-3b8e-5d0a-9a44-1c2b7e9f0d35")
+OPEN_STATUSES = ("pending", "queued", "running", "failed")
+
+
+def utc_now() -> datetime:
+    """The current time in UTC."""
+    return datetime.now(UTC)
+
+
+def new_file_id(request_id: str) -> str:
+    """The id of the training file a new-file request creates (stable across retries)."""
+    return str(uuid.uuid5(TRAINING_FILE_NAMESPACE, f"selection-request:{request_id}"))
+
+
+@dataclass(frozen=True)
+class ValidSelection:
+    """A request that passed the rules: its target and its conversations, in request order."""
+
+    request: SelectionRequest
+    target_file_id: str
+    existing_file: TrainingFileRecord | None
+    new_file_name: str | None
+    rows: list[CatalogRow]
+
+
+@dataclass(frozen=True)
+class VersionPlan:
+    """Everything a run needs to build and publish one version."""
+
+    spec: BuildSpec
+    expected_current_version: int | None
+    new_file: NewFile | None
+    request_ids: list[str] = field(default_factory=list)
+
+
+def incoming(row: CatalogRow) -> IncomingConversation:
+    """The builder's view of a catalog row."""
+    assert row.enriched_file_path is not None
+    return IncomingConversation(
+        conversation_id=row.conversation_id,
+        batch_id=row.batch_id,
+        source_key=row.enriched_file_path,
+        quality_score=row.quality_score,
+        persona_key=row.persona_key,
+        emotional_arc_key=row.emotional_arc_key,
+        topic_key=row.topic_key,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class Pipeline:
+    """The training-file service: database, source store and output store under one roof."""
+
+    def __init__(self, db: Database, store: ObjectStore, *, source_bucket: str = "conversation-files",
+                 training_bucket: str = "training-files", fetch_concurrency: int = 16,
+                 retry: RetrySettings | None = None) -> None:
+        self.db = db
+        self.store = store
+        self.source_bucket = source_bucket
+        self.training_bucket = training_bucket
+        self.fetch_concurrency = fetch_concurrency
+        self.retry = retry or RetrySettings()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: Database, store: ObjectStore) -> Pipeline:
+        """A pipeline configured from environment settings."""
+        return cls(db, store, source_bucket=settings.source_bucket,
+                   training_bucket=settings.training_bucket,
+                   fetch_concurrency=settings.fetch_concurrency, retry=settings.retry)
+
+    # --- Rules -----------------------------------------------------------------------------
+
+    def validate(self, request: SelectionRequest) -> ValidSelection:
+        """Check a request against contract §4 as the database stands now."""
+        raw_ids = request.conversation_ids
+        if not isinstance(raw_ids, list):
+            raise RequestRejected("conversation_ids must be a JSON array of conversation ID strings")
+        check_request_size(raw_ids)
+        has_file = request.training_file_id is not None
+        has_name = request.new_file_name is not None
+        if has_file == has_name:
+            raise RequestRejected(
+                "a request names exactly one target: training_file_id or new_file_name")
+        existing: TrainingFileRecord | None = None
+        name: str | None = None
+        if has_file:
+            file_id = normalize_uuid(request.training_file_id)
+            existing = self.db.get_file(file_id) if file_id else None
+            if existing is None:
+                raise RequestRejected(f"training file {request.training_file_id} does not exist")
+            target = existing.id
+            label = f"training file {existing.name!r}"
+        else:
+            name = normalize_file_name(request.new_file_name)
+            if self.db.file_name_taken(name):
+                raise RequestRejected(f"a training file named {name!r} already exists")
+            target = new_file_id(request.id)
+            label = f"new training file {name!r}"
+        normalized = [cid for cid in (normalize_uuid(raw) for raw in raw_ids) if cid]
+        rows = self.db.conversations_by_id(normalized)
+        facts = {cid: ConversationFacts(cid, row.enrichment_status, row.enriched_file_path)
+                 for cid, row in rows.items()}
+        members = self.db.member_versions(existing.id, normalized) if existing else {}
+        ordered = check_selection(raw_ids, facts, members, file_label=label)
+        return ValidSelection(request, target, existing, name, [rows[cid] for cid in ordered])
+
+    # --- Submission ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        conversation_ids: Sequence[str],
+        training_file: str | None = None,
+        new_file_name: str | None = None,
+        description: str | None = None,
+        requested_by: str | None = None,
+        request_id: str | None = None,
+    ) -> SelectionRequest:
+        """Validate a selection and store it as a pending request (nothing is stored if invalid)."""
+        file_id = None
+        if training_file is not None:
+            existing = self.db.find_file(training_file)
+            if existing is None:
+                raise UsageError(f"no training file named or with id {training_file!r}")
+            file_id = existing.id
+        request = SelectionRequest(
+            id=request_id or str(uuid.uuid4()),
+            training_file_id=file_id,
+            new_file_name=new_file_name,
+            new_file_description=description,
+            conversation_ids=list(conversation_ids),
+            requested_by=requested_by,
+        )
+        self.validate(request)
+        self.db.insert_request(request, utc_now())
+        stored = self.db.get_request(request.id)
+        assert stored is not None
+        return stored
+
+    def claim(self, request_id: str) -> ValidSelection | None:
+        """Move a pending request to `queued` exactly once, or reject it with reasons.
+
+        Returns the valid selection when this call claimed it, None when it was not pending
+        (another tick or process got there first) or was rejected.
+        """
+        request = self.db.get_request(request_id)
+        if request is None or request.status != "pending":
+            return None
+        try:
+            valid = self.validate(request)
+        except RequestRejected as rejection:
+            self.db.transition_request(request_id, from_statuses=["pending"], to="rejected",
+                                       now=utc_now(), error=rejection.as_error())
+            return None
+        claimed = self.db.transition_request(request_id, from_statuses=["pending"], to="queued",
+                                             now=utc_now(), target_file_id=valid.target_file_id)
+        return valid if claimed else None
+
+    # --- Building --------------------------------------------------------------------------
+
+    def start(self, request_id: str, run_id: str | None) -> VersionPlan:
+        """Validate a claimed request again at run start and plan the version it builds."""
+        request = self.db.get_request(request_id)
+        if request is None:
+            raise ProcessingFailed(f"selection request {request_id} does not exist")
+        if request.status in ("succeeded", "rejected"):
+            raise ProcessingFailed(
+                f"selection request {request_id} is already {request.status}; nothing to build")
+        try:
+            valid = self.validate(request)
+        except RequestRejected as rejection:
+            self.db.transition_request(request_id, from_statuses=OPEN_STATUSES, to="rejected",
+                                       now=utc_now(), error=rejection.as_error(),
+                                       dagster_run_id=run_id)
+            raise
+        self.db.transition_request(request_id, from_statuses=OPEN_STATUSES, to="running",
+                                   now=utc_now(), dagster_run_id=run_id, error=None,
+                                   target_file_id=valid.target_file_id)
+        return self.plan(valid, run_id)
+
+    def plan(self, valid: ValidSelection, run_id: str | None) -> VersionPlan:
+        """The version a valid selection produces on top of the file's current version."""
+        now = utc_now().replace(microsecond=0)
+        request = valid.request
+        file = valid.existing_file
+        previous = None
+        if file is not None and file.current_version is not None:
+            previous = self._previous(file.id, file.current_version)
+        version = 1 if previous is None else previous.version + 1
+        new_file = None
+        if file is None:
+            assert valid.new_file_name is not None
+            new_file = NewFile(id=valid.target_file_id, name=valid.new_file_name,
+                               description=request.new_file_description,
+                               created_by=request.requested_by, created_at=now)
+        spec = BuildSpec(
+            training_file_id=valid.target_file_id,
+            file_name=file.name if file else new_file.name,  # type: ignore[union-attr]
+            description=file.description if file else new_file.description,  # type: ignore[union-attr]
+            file_created_at=file.created_at if file else now,
+            version=version,
+            published_at=now,
+            reason="request",
+            dagster_run_id=run_id,
+            request_ids=[request.id],
+            vertical=file.vertical if file else None,
+            consultant_profile=file.consultant_profile if file else None,
+            previous=previous,
+            additions=[incoming(row) for row in valid.rows],
+        )
+        return VersionPlan(spec, expected_current_version=file.current_version if file else None,
+                           new_file=new_file, request_ids=[request.id])
+
+    def _previous(self, file_id: str, version: int) -> PreviousVersion:
+        record = self.db.get_version(file_id, version)
+        if record is None:
+            raise ProcessingFailed(f"version {version} of training file {file_id} is not recorded")
+        return PreviousVersion(
+            version=record.version, json_key=record.json_key, json_sha256=record.json_sha256,
+            json_size=record.json_size, jsonl_key=record.jsonl_key,
+            jsonl_sha256=record.jsonl_sha256, jsonl_size=record.jsonl_size,
+            body_start=record.json_body_start, body_end=record.json_body_end)
+
+    def build(self, plan: VersionPlan) -> BuiltVersion:
+        """Write the three objects of the planned version (unpublished until `publish`)."""
+        spec = plan.spec
+        if self.db.get_version(spec.training_file_id, spec.version) is not None:
+            raise ProcessingFailed(
+                f"version {spec.version} of training file {spec.training_file_id} is already "
+                "published; this build is stale")
+        return build_version(
+            spec,
+            lambda: self.db.iter_members(spec.training_file_id),
+            sources=self.store,
+            source_bucket=self.source_bucket,
+            outputs=self.store,
+            output_bucket=self.training_bucket,
+            concurrency=self.fetch_concurrency,
+            retry=self.retry,
+        )
+
+    def publish(self, plan: VersionPlan, built: BuiltVersion) -> VersionRecord:
+        """Make the built version current in one transaction (compare-and-swap on the version)."""
+        spec = plan.spec
+        record = VersionRecord(
+            training_file_id=spec.training_file_id,
+            version=spec.version,
+            reason=spec.reason,
+            json_key=built.json.key, json_sha256=built.json.sha256, json_size=built.json.size,
+            jsonl_key=built.jsonl.key, jsonl_sha256=built.jsonl.sha256,
+            jsonl_size=built.jsonl.size,
+            manifest_key=built.manifest.key, manifest_sha256=built.manifest.sha256,
+            json_body_start=built.body_start, json_body_end=built.body_end,
+            conversation_count=built.conversation_count,
+            training_pair_count=built.training_pair_count,
+            trainable_pair_count=built.trainable_pair_count,
+            jsonl_line_count=built.trainable_pair_count,
+            human_reviewed_count=built.human_reviewed_count,
+            avg_quality_score=built.avg_quality_score,
+            request_ids=list(plan.request_ids),
+            dagster_run_id=spec.dagster_run_id,
+            created_at=spec.published_at,
+        )
+        self.db.publish_version(
+            Publication(
+                version=record,
+                expected_current_version=plan.expected_current_version,
+                new_file=plan.new_file,
+                vertical=built.vertical,
+                consultant_profile=built.consultant_profile,
+                added_members=built.added_members,
+                rebuilt_members=built.rebuilt_members,
+                published_at=spec.published_at,
+            ),
+            plan.request_ids,
+        )
+        return record
+
+    # --- Outcomes --------------------------------------------------------------------------
+
+    def record_failure(self, request_ids: Sequence[str], error: BaseException,
+                       run_id: str | None = None) -> None:
+        """Store why a request did not publish: rejected for rule breaks, failed otherwise."""
+        if isinstance(error, RequestRejected):
+            status, payload = "rejected", error.as_error()
+        elif isinstance(error, ProcessingFailed):
+            status, payload = "failed", error.as_error()
+        else:
+            status, payload = "failed", RequestError(message=str(error) or type(error).__name__)
+        for request_id in request_ids:
+            values = {"error": payload}
+            if run_id is not None:
+                values["dagster_run_id"] = run_id
+            self.db.transition_request(request_id, from_statuses=OPEN_STATUSES, to=status,
+                                       now=utc_now(), **values)
+
+    @contextmanager
+    def request_outcome(self, request_ids: Sequence[str], run_id: str | None) -> Iterator[None]:
+        """Record a failure of the enclosed step on its requests, then let it propagate."""
+        try:
+            yield
+        except BrightRunError as error:
+            self.record_failure(request_ids, error, run_id)
+            raise
+        except Exception as error:
+            self.record_failure(request_ids, ProcessingFailed(f"{type(error).__name__}: {error}"),
+                                run_id)
+            raise
+
+    def run_request(self, request_id: str, run_id: str | None = None) -> VersionRecord:
+        """Build and publish one claimed request without Dagster (tests, benchmarks)."""
+        with self.request_outcome([request_id], run_id):
+            plan = self.start(request_id, run_id)
+            built = self.build(plan)
+            return self.publish(plan, built)

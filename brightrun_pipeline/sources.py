@@ -1,0 +1,129 @@
+"""Fetching and reading enriched conversation files: bounded concurrency, per-fetch retries."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from brightrun_pipeline.config import RetrySettings
+from brightrun_pipeline.errors import ObjectNotFound, SourceError, TransientStorageError
+from brightrun_pipeline.models import EnrichedConversationFile
+from brightrun_pipeline.storage import ObjectStore
+
+
+def backoff_delay(attempt: int, retry: RetrySettings, rng: Callable[[], float]) -> float:
+    """Full-jitter exponential backoff: a random delay up to base * 2^attempt, capped."""
+    ceiling = min(retry.max_delay, retry.base_delay * (2 ** attempt))
+    return ceiling * rng()
+
+
+def fetch_with_retry(
+    fetch: Callable[[], bytes],
+    retry: RetrySettings,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: Callable[[], float] = random.random,
+) -> bytes:
+    """Call `fetch`, retrying transient storage errors with backoff; permanent errors pass through."""
+    for attempt in range(retry.attempts):
+        try:
+            return fetch()
+        except TransientStorageError:
+            if attempt + 1 >= retry.attempts:
+                raise
+            sleep(backoff_delay(attempt, retry, rng))
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class FetchedSource:
+    """The bytes of one source file, or why they could not be had."""
+
+    conversation_id: str
+    key: str
+    data: bytes | None
+    error: BaseException | None
+
+
+def fetch_sources(
+    store: ObjectStore,
+    bucket: str,
+    wanted: Sequence[tuple[str, str]],
+    *,
+    concurrency: int,
+    retry: RetrySettings,
+) -> Iterator[FetchedSource]:
+    """Fetch (conversation_id, key) pairs in order, at most `concurrency` at a time.
+
+    Results come back in request order; only a bounded window of them is held at once, so memory
+    depends on the concurrency, not on how many sources are fetched.
+    """
+
+    def fetch_one(conversation_id: str, key: str) -> FetchedSource:
+        try:
+            data = fetch_with_retry(lambda: store.get_bytes(bucket, key), retry)
+        except (ObjectNotFound, TransientStorageError) as exc:
+            return FetchedSource(conversation_id, key, None, exc)
+        return FetchedSource(conversation_id, key, data, None)
+
+    window = max(1, concurrency) * 2
+    with ThreadPoolExecutor(max_workers=max(1, concurrency),
+                            thread_name_prefix="brightrun-fetch") as pool:
+        pending: deque[Future[FetchedSource]] = deque()
+        items = iter(wanted)
+        try:
+            for conversation_id, key in items:
+                pending.append(pool.submit(fetch_one, conversation_id, key))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+@dataclass(frozen=True)
+class ParsedSource:
+    """A validated enriched file: its raw document (for exact copies) and its hash."""
+
+    conversation_id: str
+    key: str
+    sha256: str
+    document: dict[str, Any]
+
+
+def parse_source(fetched: FetchedSource) -> ParsedSource:
+    """Check that a fetched source is an enriched conversation file; name the conversation if not."""
+    cid = fetched.conversation_id
+    if fetched.error is not None:
+        if isinstance(fetched.error, ObjectNotFound):
+            raise SourceError(cid, f"enriched file {fetched.key!r} is missing")
+        raise SourceError(cid, f"enriched file {fetched.key!r} could not be read: {fetched.error}")
+    assert fetched.data is not None
+    try:
+        document = orjson.loads(fetched.data)
+    except orjson.JSONDecodeError as exc:
+        raise SourceError(cid, f"enriched file {fetched.key!r} is not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise SourceError(cid, f"enriched file {fetched.key!r} is not a JSON object")
+    try:
+        EnrichedConversationFile.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise SourceError(
+            cid,
+            f"enriched file {fetched.key!r} does not match the enriched format: "
+            f"{where}: {first['msg']} ({exc.error_count()} problem(s))",
+        ) from exc
+    return ParsedSource(cid, fetched.key, hashlib.sha256(fetched.data).hexdigest(), document)

@@ -1,0 +1,244 @@
+"""Checks every built version must pass before it is published (streamed, one block at a time)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import ValidationError
+
+from brightrun_pipeline.builder import (
+    BODY_CLOSE,
+    CHUNK,
+    BuiltVersion,
+    VerifyingReader,
+    iter_blocks,
+)
+from brightrun_pipeline.models import (
+    JSONL_FIELDS,
+    ConsultantProfile,
+    Manifest,
+    TrainingConversation,
+    TrainingFileMetadata,
+)
+
+if TYPE_CHECKING:
+    from brightrun_pipeline.service import Pipeline
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """Whether one check passed, and why not."""
+
+    passed: bool
+    detail: str
+
+
+class _HashingReader:
+    """A reader that hashes everything read through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+
+def verify_built_version(pipeline: Pipeline, built: BuiltVersion) -> dict[str, CheckOutcome]:
+    """Run every pre-publication check on a built version's objects."""
+    store, bucket = pipeline.store, pipeline.training_bucket
+    problems: dict[str, list[str]] = {name: [] for name in (
+        "matches_v4_format", "unique_conversations", "header_matches_membership",
+        "manifest_matches_objects", "line_count_matches", "lines_equal_pairs", "unique_ids")}
+    expected_members = _expected_order(pipeline, built)
+    with store.open_read(bucket, built.json.key) as json_raw, \
+            store.open_read(bucket, built.jsonl.key) as jsonl_raw:
+        json_reader = _HashingReader(json_raw)
+        jsonl_reader = _HashingReader(jsonl_raw)
+        prefix = _read_exact(json_reader, built.body_start)
+        header = _parse_header(prefix, problems)
+        verifier = VerifyingReader(json_reader, expected_sha256="", expected_size=-1, label="")
+        lines = _iter_lines(jsonl_reader)
+        seen_conversations: set[str] = set()
+        seen_ids: set[str] = set()
+        totals = _Recount()
+        line_count = 0
+        for index, (cid, block_bytes) in enumerate(
+                iter_blocks(verifier, built.body_end - built.body_start)):
+            block = orjson.loads(block_bytes)
+            try:
+                TrainingConversation.model_validate(block)
+            except ValidationError as exc:
+                problems["matches_v4_format"].append(f"block {index} ({cid}): {exc.errors()[0]}")
+            if cid in seen_conversations:
+                problems["unique_conversations"].append(f"{cid} appears twice")
+            seen_conversations.add(cid)
+            if index >= len(expected_members) or expected_members[index] != cid:
+                problems["header_matches_membership"].append(
+                    f"block {index} is {cid}, membership says "
+                    f"{expected_members[index] if index < len(expected_members) else 'nothing'}")
+            totals.add(block)
+            for pair in block["training_pairs"]:
+                target = pair.get("target_response")
+                if not (isinstance(target, str) and target):
+                    continue
+                line = next(lines, None)
+                if line is None:
+                    problems["line_count_matches"].append("JSONL ends before the JSON's last pair")
+                    break
+                line_count += 1
+                expected = {"id": f"{cid}_turn{pair['turn_number']}", "conversation_id": cid}
+                expected.update({name: pair.get(name) for name in JSONL_FIELDS[2:]})
+                if line != orjson.dumps(expected) + b"\n":
+                    problems["lines_equal_pairs"].append(f"line {line_count} differs from its pair")
+                if expected["id"] in seen_ids:
+                    problems["unique_ids"].append(f"id {expected['id']} appears twice")
+                seen_ids.add(expected["id"])
+        extra = sum(1 for _ in lines)
+        if extra:
+            problems["line_count_matches"].append(f"{extra} JSONL line(s) beyond the JSON's pairs")
+        tail = json_reader.read(len(BODY_CLOSE) + 1)
+        if tail != BODY_CLOSE:
+            problems["matches_v4_format"].append("training.json does not end with the array close")
+        json_object = (json_reader.hash.hexdigest(), json_reader.size)
+        jsonl_object = (jsonl_reader.hash.hexdigest(), jsonl_reader.size)
+    if len(seen_conversations) != len(expected_members):
+        problems["header_matches_membership"].append(
+            f"{len(seen_conversations)} blocks for {len(expected_members)} members")
+    if header is not None:
+        _compare_header(header, totals, line_count, problems)
+    _check_manifest(store.get_bytes(bucket, built.manifest.key), built, json_object,
+                    jsonl_object, expected_members, problems)
+    return {name: CheckOutcome(not found, "; ".join(found[:5]) or "ok")
+            for name, found in problems.items()}
+
+
+def _expected_order(pipeline: Pipeline, built: BuiltVersion) -> list[str]:
+    spec = built.spec
+    order = []
+    if spec.previous is not None:
+        order = [m.conversation_id for m in pipeline.db.iter_members(spec.training_file_id)]
+    order.extend(m.conversation_id for m in built.added_members)
+    return order
+
+
+def _read_exact(reader: _HashingReader, length: int) -> bytes:
+    parts = []
+    remaining = length
+    while remaining > 0:
+        data = reader.read(min(CHUNK, remaining))
+        if not data:
+            break
+        parts.append(data)
+        remaining -= len(data)
+    return b"".join(parts)
+
+
+def _parse_header(prefix: bytes, problems: dict[str, list[str]]) -> dict[str, Any] | None:
+    try:
+        head = orjson.loads(prefix.rstrip()[:-1] + b"[]}")
+        TrainingFileMetadata.model_validate(head["training_file_metadata"])
+        ConsultantProfile.model_validate(head["consultant_profile"])
+    except (orjson.JSONDecodeError, KeyError, ValidationError, IndexError) as exc:
+        problems["matches_v4_format"].append(f"header: {exc}")
+        return None
+    return head["training_file_metadata"]
+
+
+def _iter_lines(reader: _HashingReader) -> Iterator[bytes]:
+    pending = b""
+    while chunk := reader.read(CHUNK):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+class _Recount:
+    """Header figures recomputed from the blocks actually written."""
+
+    def __init__(self) -> None:
+        self.conversations = 0
+        self.pairs = 0
+        self.trainable = 0
+        self.reviewed = 0
+        self.scores: list[float] = []
+        self.distribution: dict[str, dict[str, int]] = {
+            "personas": {}, "emotional_arcs": {}, "training_topics": {}}
+
+    def add(self, block: dict[str, Any]) -> None:
+        meta = block["conversation_metadata"]
+        pairs = block["training_pairs"]
+        self.conversations += 1
+        self.pairs += len(pairs)
+        for pair in pairs:
+            target = pair.get("target_response")
+            self.trainable += isinstance(target, str) and bool(target)
+            self.reviewed += pair.get("training_metadata", {}).get("human_reviewed") is True
+        if meta.get("quality_score") is not None:
+            self.scores.append(float(meta["quality_score"]))
+        scaffolding = meta.get("scaffolding", {})
+        for name, key in (("personas", "persona_key"), ("emotional_arcs", "emotional_arc_key"),
+                          ("training_topics", "training_topic_key")):
+            value = scaffolding.get(key)
+            if value is not None:
+                counts = self.distribution[name]
+                counts[value] = counts.get(value, 0) + 1
+
+
+def _compare_header(header: dict[str, Any], totals: _Recount, lines: int,
+                    problems: dict[str, list[str]]) -> None:
+    scores = totals.scores
+    expected = {
+        "total_conversations": totals.conversations,
+        "total_training_pairs": totals.pairs,
+        "trainable_pairs": totals.trainable,
+        "quality_summary": {
+            "avg_quality_score": math.fsum(scores) / len(scores) if scores else None,
+            "min_quality_score": min(scores) if scores else None,
+            "max_quality_score": max(scores) if scores else None,
+            "human_reviewed_count": totals.reviewed,
+            "human_reviewed_percentage": (
+                round(100 * totals.reviewed / totals.pairs, 2) if totals.pairs else 0.0),
+        },
+        "scaffolding_distribution": totals.distribution,
+    }
+    for name, value in expected.items():
+        actual = header.get(name)
+        # Byte comparison also catches a wrong key order in the distributions.
+        if orjson.dumps(actual) != orjson.dumps(value):
+            problems["header_matches_membership"].append(
+                f"{name}: header {actual!r}, blocks give {value!r}")
+    if lines != header.get("trainable_pairs"):
+        problems["line_count_matches"].append(
+            f"{lines} JSONL lines for trainable_pairs={header.get('trainable_pairs')}")
+
+
+def _check_manifest(data: bytes, built: BuiltVersion, json_object: tuple[str, int],
+                    jsonl_object: tuple[str, int], members: list[str],
+                    problems: dict[str, list[str]]) -> None:
+    found = problems["manifest_matches_objects"]
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        found.append(f"manifest does not validate: {exc.errors()[0]}")
+        return
+    if hashlib.sha256(data).hexdigest() != built.manifest.sha256:
+        found.append("manifest.json is not the manifest that was built")
+    for name, (sha, size) in (("training.json", json_object), ("training.jsonl", jsonl_object)):
+        entry = manifest.files[name]
+        if (entry.sha256, entry.size) != (sha, size):
+            found.append(f"{name}: manifest says {entry.sha256}/{entry.size}, object is {sha}/{size}")
+    if [c.conversation_id for c in manifest.conversations] != members:
+        found.append("manifest conversations differ from the membership")

@@ -1,0 +1,81 @@
+"""Dagster resources that hand the domain layer its database, object stores and settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
+
+from brightrun_pipeline.config import RetrySettings
+from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.service import Pipeline
+from brightrun_pipeline.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+
+
+class DatabaseResource(dg.ConfigurableResource):
+    """Our tables (SQLite or PostgreSQL) behind `brightrun_pipeline.db.Database`."""
+
+    url: str
+    _database: Database | None = PrivateAttr(default=None)
+
+    def database(self) -> Database:
+        """The database, connected lazily once per process."""
+        if self._database is None:
+            self._database = Database(self.url)
+        return self._database
+
+
+class ObjectStoreResource(dg.ConfigurableResource):
+    """Object storage: a local directory (one subdirectory per bucket) or S3 via dagster-aws."""
+
+    backend: str = "local"
+    root: str = ".brightrun/storage"
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    max_attempts: int = 5
+
+    def store(self) -> ObjectStore:
+        """The configured object store."""
+        if self.backend == "local":
+            return LocalObjectStore(self.root)
+        if self.backend == "s3":
+            client = S3Resource(
+                endpoint_url=self.endpoint_url,
+                region_name=self.region_name,
+                aws_access_key_id=self.aws_access_key_id,
+                aws_secret_access_key=self.aws_secret_access_key,
+                max_attempts=self.max_attempts,
+            ).get_client()
+            return S3ObjectStore(client)
+        raise ValueError(f"unknown storage backend {self.backend!r} (expected 'local' or 's3')")
+
+
+class BrightRunResource(dg.ConfigurableResource):
+    """The training-file service (`Pipeline`): rules, builder and publication."""
+
+    database: dg.ResourceDependency[DatabaseResource]
+    storage: dg.ResourceDependency[ObjectStoreResource]
+    source_bucket: str = "conversation-files"
+    training_bucket: str = "training-files"
+    fetch_concurrency: int = 16
+    fetch_attempts: int = 5
+    fetch_base_delay: float = 0.2
+    fetch_max_delay: float = 5.0
+
+    _pipeline: Pipeline | None = PrivateAttr(default=None)
+
+    def pipeline(self) -> Pipeline:
+        """The service the assets and sensors call."""
+        if self._pipeline is None:
+            self._pipeline = Pipeline(
+                self.database.database(),
+                self.storage.store(),
+                source_bucket=self.source_bucket,
+                training_bucket=self.training_bucket,
+                fetch_concurrency=self.fetch_concurrency,
+                retry=RetrySettings(self.fetch_attempts, self.fetch_base_delay,
+                                    self.fetch_max_delay),
+            )
+        return self._pipeline
