@@ -1,6 +1,5 @@
 """The training-file chain, one partition per training file: membership → JSON/JSONL → version."""
 
-from __future__ import annotations
 
 import dagster as dg
 

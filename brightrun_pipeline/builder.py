@@ -77,6 +77,8 @@ class IncomingConversation:
     topic_key: str | None
     created_at: datetime | None
     updated_at: datetime | None
+    # Set when rebuilding a published version from its manifest; otherwise the version built.
+    added_in_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -467,8 +469,10 @@ def _build(
                 f"training file's ({profile.get('name')!r})")
             continue
         conversation = incoming[source.conversation_id]
-        added_in = (previous_members[conversation.conversation_id].added_in_version
-                    if conversation.conversation_id in rebuild_ids else spec.version)
+        if conversation.conversation_id in rebuild_ids:
+            added_in = previous_members[conversation.conversation_id].added_in_version
+        else:
+            added_in = conversation.added_in_version or spec.version
         block, lines, member = block_and_lines(source, conversation, added_in, spec.version)
         block_offset = spool.tell()
         spool.write(block)

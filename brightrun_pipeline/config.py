@@ -27,15 +27,11 @@ class Settings:
     dagster_home: Path
     source_bucket: str = "conversation-files"
     training_bucket: str = "training-files"
+    storage_backend: str = "local"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     fetch_concurrency: int = 16
     retry: RetrySettings = field(default_factory=RetrySettings)
-
-    @property
-    def uses_s3(self) -> bool:
-        """True when objects live in S3 (or an S3-compatible store) instead of a local directory."""
-        return self.s3_endpoint_url is not None or self.storage_root.as_posix().startswith("s3:")
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -61,6 +57,13 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _choice(env: dict[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Read BRIGHTRUN_* and DAGSTER_HOME, falling back to the embedded defaults under ./.brightrun."""
     env = dict(os.environ if env is None else env)
@@ -72,6 +75,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         dagster_home=Path(env.get("DAGSTER_HOME") or home / "dagster"),
         source_bucket=env.get("BRIGHTRUN_SOURCE_BUCKET") or "conversation-files",
         training_bucket=env.get("BRIGHTRUN_TRAINING_BUCKET") or "training-files",
+        storage_backend=_choice(env, "BRIGHTRUN_STORAGE_BACKEND", ("local", "s3"), "local"),
         s3_endpoint_url=env.get("BRIGHTRUN_S3_ENDPOINT_URL") or None,
         s3_region=env.get("BRIGHTRUN_S3_REGION") or None,
         fetch_concurrency=_int(env, "BRIGHTRUN_FETCH_CONCURRENCY", 16),

@@ -17,7 +17,7 @@ import orjson
 
 BASE_TIME = datetime(2026, 10, 1, 8, 0, 0, tzinfo=UTC)
 VERTICAL = "financial_planning_consultant"
-GENERATION_MODEL = "claude-sonnet-4-5-20250929"
+GENERATION_MODEL = "brightrun-conversation-generator-3.2"
 TIERS = ("template", "scenario", "edge_case")
 INELIGIBLE_STATUSES = ("failed", "enrichment_in_progress", "not_started")
 
@@ -1238,12 +1238,14 @@ def _conversation(
     return DemoConversation(row=row, batch_id=batch_id, file_bytes=file_bytes)
 
 
-def _ineligible_kind(index: int, total: int) -> tuple[str, bool]:
-    """(enrichment_status, has_file) of the index-th ineligible conversation of a dataset."""
+def _ineligible_status(index: int, total: int) -> str:
+    """The enrichment status of the index-th ineligible conversation of a dataset."""
+    # Exactly one of them (the second, when there are several) is "completed" yet has no
+    # file: the case that status checks alone would miss.
     special = 1 if total > 1 else -1
     if index == special:
-        return "completed", False
-    return INELIGIBLE_STATUSES[(index - (index > special)) % len(INELIGIBLE_STATUSES)], False
+        return "completed"
+    return INELIGIBLE_STATUSES[(index - (index > special)) % len(INELIGIBLE_STATUSES)]
 
 
 def generate_demo_dataset(
@@ -1295,7 +1297,7 @@ def generate_demo_dataset(
             clock += timedelta(seconds=rng.randint(40, 110))
             status, has_file = "completed", True
             if slot in ineligible_slots:
-                status, has_file = _ineligible_kind(ineligible_seen, total_ineligible)
+                status, has_file = _ineligible_status(ineligible_seen, total_ineligible), False
                 ineligible_seen += 1
             conversation = _conversation(
                 rng,

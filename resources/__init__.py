@@ -1,6 +1,5 @@
 """Dagster resources that hand the domain layer its database, object stores and settings."""
 
-from __future__ import annotations
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource

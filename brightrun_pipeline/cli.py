@@ -1,0 +1,634 @@
+"""`brightrun`: the curators' and engineers' command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from tabulate import tabulate
+
+from brightrun_pipeline.config import Settings, load_settings
+from brightrun_pipeline.db.repository import CATALOG_SORT_COLUMNS, Database, TrainingFileRecord
+from brightrun_pipeline.errors import BrightRunError, RequestRejected, UsageError
+from brightrun_pipeline.models import SelectionRequest
+from brightrun_pipeline.rules import ineligibility_reason, normalize_uuid
+from brightrun_pipeline.service import Pipeline
+from brightrun_pipeline.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+
+
+class App:
+    """What every command needs, created on first use."""
+
+    def __init__(self) -> None:
+        self.settings: Settings = load_settings()
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        settings = self.settings
+        if settings.storage_backend == "s3":
+            from dagster_aws.s3 import S3Resource
+
+            client = S3Resource(endpoint_url=settings.s3_endpoint_url,
+                                region_name=settings.s3_region).get_client()
+            return S3ObjectStore(client)
+        return LocalObjectStore(settings.storage_root)
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        return Pipeline.from_settings(self.settings, Database(self.settings.database_url),
+                                      self.store)
+
+    @property
+    def db(self) -> Database:
+        return self.pipeline.db
+
+    def file(self, ref: str) -> TrainingFileRecord:
+        """A training file by name or id, or a usage error."""
+        file = self.db.find_file(ref)
+        if file is None:
+            raise UsageError(f"no training file named or with id {ref!r}")
+        return file
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=_json_default).decode())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group()
+@click.version_option(package_name="brightrun-pipeline")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Build versioned LoRA training files from enriched conversations."""
+    ctx.obj = App()
+
+
+# --- init -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@pass_app
+def init(app: App) -> None:
+    """Create or upgrade the database schema, the buckets and DAGSTER_HOME (idempotent)."""
+    from brightrun_pipeline.launcher import ensure_dagster_home
+
+    app.db.upgrade()
+    app.store.ensure_bucket(app.settings.source_bucket)
+    app.store.ensure_bucket(app.settings.training_bucket)
+    home = ensure_dagster_home(app.settings)
+    click.echo(f"database ready: {_safe_url(app.settings.database_url)}")
+    click.echo(f"buckets ready: {app.settings.source_bucket}, {app.settings.training_bucket}")
+    click.echo(f"DAGSTER_HOME: {home}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --- conversations ----------------------------------------------------------------------------
+
+
+@cli.group()
+def conversations() -> None:
+    """Browse the conversations curators pick from."""
+
+
+@conversations.command("list")
+@click.option("--batch", "batch_id", help="Only this Batch ID.")
+@click.option("--status", help="Only this enrichment_status.")
+@click.option("--eligible", is_flag=True, help="Only conversations that can go into a file.")
+@click.option("--sort", type=click.Choice(CATALOG_SORT_COLUMNS), default="created_at",
+              show_default=True)
+@click.option("--desc", is_flag=True, help="Sort descending.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N rows.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@pass_app
+def conversations_list(app: App, batch_id: str | None, status: str | None, eligible: bool,
+                       sort: str, desc: bool, limit: int | None, fmt: str) -> None:
+    """List conversations with their Batch ID."""
+    if batch_id is not None:
+        batch_id = _uuid_option(batch_id, "--batch")
+    rows = app.db.list_conversations(batch_id=batch_id, status=status,
+                                     eligible=True if eligible else None, sort=sort,
+                                     descending=desc, limit=limit)
+    records = [{
+        "conversation_id": r.conversation_id, "batch_id": r.batch_id, "title": r.title,
+        "status": r.enrichment_status, "eligible": ineligibility_reason(_facts(r)) is None,
+        "persona": r.persona_key, "arc": r.emotional_arc_key, "topic": r.topic_key,
+        "tier": r.tier, "quality": r.quality_score, "created_at": r.created_at,
+    } for r in rows]
+    _emit(records, fmt)
+
+
+def _facts(row: Any) -> Any:
+    from brightrun_pipeline.rules import ConversationFacts
+
+    return ConversationFacts(row.conversation_id, row.enrichment_status, row.enriched_file_path)
+
+
+def _emit(records: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        _echo_json(records)
+    elif fmt == "csv":
+        out = io.StringIO()
+        if records:
+            writer = csv.DictWriter(out, fieldnames=list(records[0]))
+            writer.writeheader()
+            for record in records:
+                writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+        click.echo(out.getvalue(), nl=False)
+    else:
+        shown = [{k: (_when(v) if isinstance(v, datetime) else v) for k, v in r.items()}
+                 for r in records]
+        click.echo(tabulate(shown, headers="keys") if shown else "(none)")
+
+
+def _uuid_option(value: str, option: str) -> str:
+    normalized = normalize_uuid(value)
+    if normalized is None:
+        raise UsageError(f"{option} expects a UUID, got {value!r}")
+    return normalized
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def files() -> None:
+    """Create, grow, list, download and verify training files."""
+
+
+def _file_summary(file: TrainingFileRecord, version: Any) -> dict[str, Any]:
+    return {
+        "id": file.id, "name": file.name, "description": file.description,
+        "status": file.status, "version": file.current_version,
+        "conversations": version.conversation_count if version else 0,
+        "training_pairs": version.training_pair_count if version else 0,
+        "trainable_pairs": version.trainable_pair_count if version else 0,
+        "avg_quality": version.avg_quality_score if version else None,
+        "json_bytes": version.json_size if version else None,
+        "jsonl_bytes": version.jsonl_size if version else None,
+        "created_at": file.created_at, "updated_at": file.updated_at,
+    }
+
+
+@files.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@pass_app
+def files_list(app: App, fmt: str) -> None:
+    """List training files (full JSON files; each has a JSONL alongside)."""
+    records = [_file_summary(file, version) for file, version in app.db.list_files()]
+    if fmt == "table":
+        for record in records:
+            record.pop("description")
+            record.pop("created_at")
+    _emit(records, fmt)
+
+
+@files.command("show")
+@click.argument("file_ref", metavar="FILE")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@pass_app
+def files_show(app: App, file_ref: str, fmt: str) -> None:
+    """Show a training file: header figures and every version."""
+    file = app.file(file_ref)
+    current = app.db.get_version(file.id)
+    summary = _file_summary(file, current)
+    header = None
+    if current is not None:
+        header = _read_header(app, current.json_key, current.json_body_start)
+        summary["quality_summary"] = header["quality_summary"]
+        summary["scaffolding_distribution"] = header["scaffolding_distribution"]
+    summary["versions"] = [{
+        "version": v.version, "reason": v.reason, "conversations": v.conversation_count,
+        "training_pairs": v.training_pair_count, "jsonl_lines": v.jsonl_line_count,
+        "json_sha256": v.json_sha256, "jsonl_sha256": v.jsonl_sha256,
+        "request_ids": v.request_ids, "dagster_run_id": v.dagster_run_id,
+        "created_at": v.created_at,
+    } for v in app.db.list_versions(file.id)]
+    if fmt == "json":
+        _echo_json(summary)
+        return
+    for key in ("id", "name", "description", "status", "version", "conversations",
+                "training_pairs", "trainable_pairs", "avg_quality", "json_bytes", "jsonl_bytes"):
+        click.echo(f"{key:>16}: {summary[key] if summary[key] is not None else ''}")
+    if header is not None:
+        for key, counts in header["scaffolding_distribution"].items():
+            click.echo(f"{key:>16}: " + ", ".join(f"{k}={n}" for k, n in counts.items()))
+    click.echo("")
+    _emit([{k: v for k, v in row.items() if k not in ("json_sha256", "jsonl_sha256")}
+           for row in summary["versions"]], "table")
+
+
+def _read_header(app: App, key: str, body_start: int) -> dict[str, Any]:
+    with app.store.open_read(app.settings.training_bucket, key) as stream:
+        prefix = stream.read(body_start)
+    return orjson.loads(prefix.rstrip()[:-1] + b"[]}")["training_file_metadata"]
+
+
+def selection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The ways to say which conversations a request holds."""
+    for decorator in reversed([
+        click.option("--conversation", "conversation_ids", multiple=True, metavar="ID",
+                     help="A conversation ID (repeatable)."),
+        click.option("--ids-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="A file with one conversation ID per line."),
+        click.option("--batch", "batch_id", metavar="ID", help="Every conversation of a batch."),
+        click.option("--only-eligible", is_flag=True,
+                     help="With --batch: leave out ineligible and already-included ones."),
+        click.option("--wait", is_flag=True,
+                     help="Process the request now (Dagster job in this process) and wait."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def _selection(app: App, conversation_ids: Sequence[str], ids_file: Path | None,
+               batch_id: str | None, only_eligible: bool, file: TrainingFileRecord | None
+               ) -> list[str]:
+    chosen = [c for c in (conversation_ids, ids_file, batch_id) if c]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one of --conversation, --ids-file or --batch")
+    if only_eligible and batch_id is None:
+        raise UsageError("--only-eligible goes with --batch")
+    if conversation_ids:
+        return list(conversation_ids)
+    if ids_file is not None:
+        return _read_ids_file(ids_file)
+    assert batch_id is not None
+    batch = _uuid_option(batch_id, "--batch")
+    if not app.db.batch_exists(batch):
+        raise UsageError(f"no batch with id {batch}")
+    rows = app.db.list_conversations(batch_id=batch, sort="created_at")
+    if not rows:
+        raise UsageError(f"batch {batch} has no conversations yet")
+    if not only_eligible:
+        return [row.conversation_id for row in rows]
+    kept, left_out = _eligible_in_batch(app, rows, file)
+    for cid, reason in left_out.items():
+        click.echo(f"left out {cid}: {reason}", err=True)
+    if not kept:
+        raise RequestRejected(f"batch {batch} has no eligible conversation left to add",
+                              left_out)
+    return kept
+
+
+def _eligible_in_batch(app: App, rows: Sequence[Any], file: TrainingFileRecord | None
+                       ) -> tuple[list[str], dict[str, str]]:
+    """Split a batch into conversations that can be added to `file` and why the others cannot."""
+    members = app.db.member_versions(file.id, [r.conversation_id for r in rows]) if file else {}
+    kept: list[str] = []
+    left_out: dict[str, str] = {}
+    for row in rows:
+        reason = ineligibility_reason(_facts(row))
+        if reason is None and row.conversation_id in members:
+            reason = f"already in the file (added in version {members[row.conversation_id]})"
+        if reason is None:
+            kept.append(row.conversation_id)
+        else:
+            left_out[row.conversation_id] = reason
+    return kept, left_out
+
+
+def _read_ids_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text") from exc
+    ids = [line.strip() for line in text.splitlines()]
+    ids = [line for line in ids if line and not line.startswith("#")]
+    if not ids:
+        raise UsageError(f"{path} holds no conversation IDs")
+    return ids
+
+
+@files.command("create")
+@click.argument("name")
+@click.option("--description", help="What the file is for.")
+@selection_options
+@pass_app
+def files_create(app: App, name: str, description: str | None, conversation_ids: Sequence[str],
+                 ids_file: Path | None, batch_id: str | None, only_eligible: bool,
+                 wait: bool) -> None:
+    """Create a training file NAME from a selection of conversations."""
+    ids = _selection(app, conversation_ids, ids_file, batch_id, only_eligible, None)
+    request = app.pipeline.submit(conversation_ids=ids, new_file_name=name,
+                                  description=description, requested_by=_user())
+    _after_submit(app, request, wait)
+
+
+@files.command("add")
+@click.argument("file_ref", metavar="FILE")
+@selection_options
+@pass_app
+def files_add(app: App, file_ref: str, conversation_ids: Sequence[str], ids_file: Path | None,
+              batch_id: str | None, only_eligible: bool, wait: bool) -> None:
+    """Add a selection of conversations to training file FILE (a new version)."""
+    file = app.file(file_ref)
+    ids = _selection(app, conversation_ids, ids_file, batch_id, only_eligible, file)
+    request = app.pipeline.submit(conversation_ids=ids, training_file=file.id,
+                                  requested_by=_user())
+    _after_submit(app, request, wait)
+
+
+def _user() -> str | None:
+    return os.environ.get("USER") or None
+
+
+def _after_submit(app: App, request: SelectionRequest, wait: bool) -> None:
+    if not wait:
+        click.echo(f"request {request.id} is pending ({len(request.conversation_ids)} "
+                   "conversations); the sensor will pick it up")
+        return
+    from brightrun_pipeline.launcher import run_request_in_process
+
+    claimed = app.pipeline.claim(request.id)
+    if claimed is None:
+        _report_final(app, request.id)
+        return
+    outcome = run_request_in_process(app.settings, request.id, claimed.target_file_id)
+    click.echo(f"dagster run {outcome.run_id}")
+    _report_final(app, request.id)
+
+
+def _report_final(app: App, request_id: str) -> None:
+    request = app.db.get_request(request_id)
+    assert request is not None
+    if request.status == "succeeded":
+        file_id = request.target_file_id or request.training_file_id
+        assert file_id is not None
+        version = app.db.get_version(file_id, request.result_version)
+        file = app.db.get_file(file_id)
+        assert version is not None and file is not None
+        click.echo(f"published {file.name!r} ({file.id}) version {version.version}: "
+                   f"{version.conversation_count} conversations, "
+                   f"{version.training_pair_count} pairs, {version.jsonl_line_count} JSONL lines")
+        return
+    error = request.error
+    message = error.message if error else f"request ended {request.status}"
+    reasons = error.conversations if error else {}
+    if request.status == "rejected":
+        raise RequestRejected(message, reasons)
+    from brightrun_pipeline.errors import ProcessingFailed
+
+    raise ProcessingFailed(f"request {request.id} {request.status}: {message}", reasons)
+
+
+@files.command("download")
+@click.argument("file_ref", metavar="FILE")
+@click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "manifest"]), required=True)
+@click.option("--version", type=click.IntRange(min=1), help="A pinned version (default: current).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write it ('-' for standard output).")
+@pass_app
+def files_download(app: App, file_ref: str, fmt: str, version: int | None, output: Path) -> None:
+    """Download the JSON, the JSONL or the manifest of a version."""
+    file = app.file(file_ref)
+    record = app.db.get_version(file.id, version)
+    if record is None:
+        raise UsageError(f"training file {file.name!r} has no "
+                         + (f"version {version}" if version else "published version yet"))
+    key = {"json": record.json_key, "jsonl": record.jsonl_key,
+           "manifest": record.manifest_key}[fmt]
+    with app.store.open_read(app.settings.training_bucket, key) as stream:
+        if str(output) == "-":
+            shutil.copyfileobj(stream, sys.stdout.buffer, 1 << 20)
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, delete=False,
+                                         prefix=f".{output.name}.") as tmp:
+            shutil.copyfileobj(stream, tmp, 1 << 20)
+        os.replace(tmp.name, output)
+    click.echo(f"wrote {output} ({fmt}, version {record.version}, "
+               f"{output.stat().st_size} bytes)", err=True)
+
+
+@files.command("verify")
+@click.argument("file_ref", metavar="FILE")
+@click.option("--version", type=click.IntRange(min=1), help="A pinned version (default: current).")
+@pass_app
+def files_verify(app: App, file_ref: str, version: int | None) -> None:
+    """Rebuild a version from its manifest in a temporary place and compare hashes."""
+    from brightrun_pipeline.errors import ProcessingFailed
+    from brightrun_pipeline.reproduce import reproduce_version
+
+    file = app.file(file_ref)
+    comparisons = reproduce_version(app.pipeline, file.id, version)
+    for item in comparisons:
+        state = "same" if item.matches else "DIFFERENT"
+        click.echo(f"{item.name:<15} {state:<9} published {item.published_sha256}  "
+                   f"rebuilt {item.rebuilt_sha256}")
+    if not all(item.matches for item in comparisons):
+        raise ProcessingFailed("the rebuild does not reproduce the published version")
+    click.echo("verified: the rebuild reproduces the published bytes")
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+@cli.group()
+def requests() -> None:
+    """Inspect selection requests."""
+
+
+@requests.command("list")
+@click.option("--status", type=click.Choice(
+    ["pending", "queued", "running", "succeeded", "rejected", "failed"]))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@pass_app
+def requests_list(app: App, status: str | None, fmt: str) -> None:
+    """List selection requests, oldest first."""
+    records = [{
+        "id": r.id, "status": r.status,
+        "target": r.target_file_id or r.training_file_id or f"new: {r.new_file_name}",
+        "conversations": len(r.conversation_ids) if isinstance(r.conversation_ids, list) else "?",
+        "version": r.result_version, "error": r.error.message if r.error else None,
+        "created_at": r.created_at,
+    } for r in app.db.list_requests(status=status)]
+    _emit(records, fmt)
+
+
+@requests.command("show")
+@click.argument("request_id")
+@pass_app
+def requests_show(app: App, request_id: str) -> None:
+    """Show one selection request with its outcome."""
+    request = app.db.get_request(request_id)
+    if request is None:
+        raise UsageError(f"no selection request with id {request_id!r}")
+    _echo_json(request.model_dump(mode="json"))
+
+
+# --- lineage --------------------------------------------------------------------------------
+
+
+@cli.group()
+def lineage() -> None:
+    """Which conversations built which file versions."""
+
+
+@lineage.command("conversation")
+@click.argument("conversation_id")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@pass_app
+def lineage_conversation(app: App, conversation_id: str, fmt: str) -> None:
+    """Every training file and version that contains a conversation."""
+    from brightrun_pipeline.lineage import conversation_lineage
+
+    cid = _uuid_option(conversation_id, "CONVERSATION_ID")
+    if not app.db.conversations_by_id([cid]):
+        raise UsageError(f"unknown conversation ID {cid}")
+    records = [{
+        "training_file_id": a.training_file_id, "file_name": a.file_name,
+        "added_in_version": a.added_in_version, "versions": a.versions,
+        "current_version": a.current_version, "source_sha256": a.source_sha256,
+    } for a in conversation_lineage(app.pipeline, cid)]
+    if fmt == "table" and not records:
+        click.echo(f"conversation {cid} is in no training file")
+        return
+    if fmt == "table":
+        for record in records:
+            record["versions"] = _ranges(record["versions"])
+    _emit(records, fmt)
+
+
+def _ranges(versions: Iterable[int]) -> str:
+    values = list(versions)
+    if not values:
+        return ""
+    return f"{values[0]}" if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
+@lineage.command("file")
+@click.argument("file_ref", metavar="FILE")
+@click.option("--version", type=click.IntRange(min=1), help="A pinned version (default: current).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@pass_app
+def lineage_file(app: App, file_ref: str, version: int | None, fmt: str) -> None:
+    """The conversations of a version with their batch and source hash."""
+    from brightrun_pipeline.lineage import version_lineage_rows
+
+    file = app.file(file_ref)
+    _emit(version_lineage_rows(app.pipeline, file.id, version), fmt)
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@pass_app
+def demo(app: App) -> None:
+    """Seed demo data, build a training file from one batch, add a second batch; print results."""
+    from brightrun_pipeline.demo_data import generate_demo_dataset
+    from brightrun_pipeline.launcher import ensure_dagster_home, run_request_in_process
+    from brightrun_pipeline.seeding import seed_dataset
+
+    settings = app.settings
+    app.db.upgrade()
+    app.store.ensure_bucket(settings.training_bucket)
+    ensure_dagster_home(settings)
+    dataset = generate_demo_dataset()
+    added = seed_dataset(app.db, app.store, settings.source_bucket, dataset)
+    click.echo(f"demo data: {len(dataset.conversations)} conversations in "
+               f"{len(dataset.batches)} batches ({added} new rows)")
+    name = "Demo · financial planning LoRA"
+    pipeline = app.pipeline
+    for batch in (dataset.batches[0].id, dataset.batches[1].id):
+        current = app.db.find_file(name)
+        kept, _ = _eligible_in_batch(app, app.db.list_conversations(batch_id=batch), current)
+        if not kept:
+            click.echo(f"batch {batch}: already in {name!r}")
+            continue
+        if current is None:
+            request = pipeline.submit(conversation_ids=kept, new_file_name=name,
+                                      description="Two demo batches", requested_by="demo")
+        else:
+            request = pipeline.submit(conversation_ids=kept, training_file=current.id,
+                                      requested_by="demo")
+        claimed = pipeline.claim(request.id)
+        assert claimed is not None
+        outcome = run_request_in_process(settings, request.id, claimed.target_file_id)
+        click.echo(f"batch {batch}: dagster run {outcome.run_id}")
+        _report_final(app, request.id)
+    _print_published(app, app.file(name))
+
+
+def _print_published(app: App, file: TrainingFileRecord) -> None:
+    version = app.db.get_version(file.id)
+    assert version is not None
+    bucket = app.settings.training_bucket
+    click.echo(f"training file: {file.name} ({file.id})")
+    click.echo(f"version: {version.version}  conversations: {version.conversation_count}  "
+               f"pairs: {version.training_pair_count}  JSONL lines: {version.jsonl_line_count}")
+    for label, key in (("JSON", version.json_key), ("JSONL", version.jsonl_key),
+                       ("manifest", version.manifest_key)):
+        path = app.store.local_path(bucket, key)
+        click.echo(f"{label}: {path.resolve() if path else f'{bucket}/{key}'}")
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI, mapping domain errors to exit codes without stack traces."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="brightrun",
+                 standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except RequestRejected as exc:
+        click.echo(f"rejected: {exc.message}", err=True)
+        for cid, reason in exc.conversations.items():
+            click.echo(f"  {cid}: {reason}", err=True)
+        sys.exit(exc.exit_code)
+    except BrightRunError as exc:
+        click.echo(f"error: {exc}", err=True)
+        for cid, reason in getattr(exc, "conversations", {}).items():
+            click.echo(f"  {cid}: {reason}", err=True)
+        sys.exit(exc.exit_code)
+    except (OperationalError, ProgrammingError) as exc:
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            click.echo("error: the database has no BrightRun schema yet; run `brightrun init`",
+                       err=True)
+        else:
+            click.echo(f"error: database: {exc.orig}", err=True)
+        sys.exit(1)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,51 @@
+"""The Dagster code location: assets, checks, jobs, sensors and resources wired together."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.catalog import enriched_conversations
+from assets.training_files import (
+    training_file_membership,
+    training_file_objects,
+    training_file_version,
+)
+from brightrun_pipeline.config import Settings, load_settings
+from jobs import catalog_job, training_file_job
+from resources import BrightRunResource, DatabaseResource, ObjectStoreResource
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    """Resources configured from the environment settings."""
+    storage = ObjectStoreResource(
+        backend=settings.storage_backend,
+        root=str(settings.storage_root),
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+    )
+    return {
+        "brightrun": BrightRunResource(
+            database=DatabaseResource(url=settings.database_url),
+            storage=storage,
+            source_bucket=settings.source_bucket,
+            training_bucket=settings.training_bucket,
+            fetch_concurrency=settings.fetch_concurrency,
+            fetch_attempts=settings.retry.attempts,
+            fetch_base_delay=settings.retry.base_delay,
+            fetch_max_delay=settings.retry.max_delay,
+        ),
+    }
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """The code location's definitions for the given (or the environment's) settings."""
+    settings = settings or load_settings()
+    return dg.Definitions(
+        assets=[enriched_conversations, training_file_membership, training_file_objects,
+                training_file_version],
+        jobs=[training_file_job, catalog_job],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,59 @@
+"""Running the training-file job in this process, on the configured Dagster instance."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from brightrun_pipeline.config import Settings
+
+REPO_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+
+
+def ensure_dagster_home(settings: Settings) -> Path:
+    """Create DAGSTER_HOME with the repository's dagster.yaml if it has none yet."""
+    home = settings.dagster_home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    if not target.exists() and REPO_DAGSTER_YAML.exists():
+        shutil.copyfile(REPO_DAGSTER_YAML, target)
+    return home
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The Dagster run that processed a request."""
+
+    run_id: str
+    success: bool
+
+
+def run_request_in_process(settings: Settings, request_id: str, training_file_id: str) -> RunOutcome:
+    """Run the training-file job for one claimed request; the run shows in the Dagster UI."""
+    import os
+
+    import dagster as dg
+
+    from assets.partitions import REQUEST_TAG, TRAINING_FILE_TAG, training_files_partitions
+    from brightrun_pipeline.definitions import build_definitions
+    from jobs import TRAINING_FILE_JOB
+
+    home = ensure_dagster_home(settings)
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        partitions = training_files_partitions.name
+        assert partitions is not None
+        if not instance.has_dynamic_partition(partitions, training_file_id):
+            instance.add_dynamic_partitions(partitions, [training_file_id])
+        job = build_definitions(settings).resolve_job_def(TRAINING_FILE_JOB)
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=training_file_id,
+            tags={REQUEST_TAG: request_id, TRAINING_FILE_TAG: training_file_id,
+                  "brightrun/launched_by": "cli"},
+            raise_on_error=False,
+            # The CLI prints the outcome itself; the full event log is in the Dagster UI.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        return RunOutcome(result.run_id, result.success)

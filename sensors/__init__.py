@@ -1,0 +1,1 @@
+"""Sensors: selection requests become runs."""
