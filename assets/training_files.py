@@ -14,37 +14,40 @@ JSON_KEY = dg.AssetKey("training_file_json")
 JSONL_KEY = dg.AssetKey("training_file_jsonl")
 
 
-def _request_ids(context: dg.AssetExecutionContext) -> list[str]:
-    request_id = context.run.tags.get(REQUEST_TAG)
-    if not request_id:
-        raise dg.Failure(f"this run has no {REQUEST_TAG} tag: start it from a selection request")
-    return [request_id]
-
-
 @dg.asset(
     partitions_def=training_files_partitions,
     deps=[enriched_conversations],
     group_name="training_files",
+    output_required=False,
 )
-def training_file_membership(
-    context: dg.AssetExecutionContext, brightrun: BrightRunResource
-) -> VersionPlan:
-    """Which conversations the next version holds: the current ones plus the request's, re-checked."""
+def training_file_membership(context: dg.AssetExecutionContext, brightrun: BrightRunResource):
+    """Which conversations the next version holds: the current ones plus a request's (re-checked),
+    or the current ones with their changed sources re-read (rematerialization)."""
     pipeline = brightrun.pipeline()
-    request_ids = _request_ids(context)
-    with pipeline.request_outcome(request_ids, context.run_id):
-        plan = pipeline.start(request_ids[0], context.run_id)
+    request_id = context.run.tags.get(REQUEST_TAG)
+    if request_id:
+        with pipeline.request_outcome([request_id], context.run_id):
+            plan = pipeline.start(request_id, context.run_id)
         if plan.spec.training_file_id != context.partition_key:
-            raise dg.Failure(f"request {request_ids[0]} targets training file "
+            raise dg.Failure(f"request {request_id} targets training file "
                              f"{plan.spec.training_file_id}, not partition {context.partition_key}")
+    else:
+        plan = pipeline.plan_rematerialization(context.partition_key, context.run_id)
+        if plan is None:
+            context.log.info("no source of this training file changed: nothing to rebuild")
+            return
+        for cid, reason in plan.skipped.items():
+            context.log.warning(f"changed conversation {cid} kept as published: {reason}")
     spec = plan.spec
-    context.add_output_metadata({
+    yield dg.Output(plan, metadata={
         "version": spec.version,
+        "reason": spec.reason,
         "request_ids": ", ".join(plan.request_ids),
         "new_conversations": len(spec.additions),
-        "new_conversation_ids": dg.MetadataValue.json([c.conversation_id for c in spec.additions]),
+        "rebuilt_conversations": len(spec.rebuilds),
+        "conversation_ids": dg.MetadataValue.json(
+            [c.conversation_id for c in [*spec.additions, *spec.rebuilds]]),
     })
-    return plan
 
 
 @dg.multi_asset(

@@ -452,6 +452,40 @@ def files_verify(app: App, file_ref: str, version: int | None) -> None:
     click.echo("verified: the rebuild reproduces the published bytes")
 
 
+@files.command("rematerialize")
+@click.argument("file_ref", metavar="FILE", required=False)
+@click.option("--all", "all_files", is_flag=True, help="Every file with changed sources.")
+@pass_app
+def files_rematerialize(app: App, file_ref: str | None, all_files: bool) -> None:
+    """Rebuild FILE (or every file with --all) from its changed sources, as a new version."""
+    from brightrun_pipeline.launcher import run_rematerialization_in_process
+
+    if bool(file_ref) == all_files:
+        raise UsageError("give either FILE or --all")
+    stale = app.pipeline.stale_files()
+    targets = sorted(stale) if all_files else [app.file(file_ref).id]  # type: ignore[arg-type]
+    if not targets or not any(t in stale for t in targets):
+        click.echo("no source changed since it was built: nothing to rebuild")
+        return
+    failed = []
+    for file_id in targets:
+        before = app.db.get_file(file_id)
+        outcome = run_rematerialization_in_process(app.settings, file_id)
+        after = app.db.get_file(file_id)
+        assert before is not None and after is not None
+        if not outcome.success:
+            failed.append(file_id)
+            click.echo(f"{after.name}: rebuild failed (dagster run {outcome.run_id})", err=True)
+        else:
+            click.echo(f"{after.name}: version {before.current_version} → "
+                       f"{after.current_version} ({stale.get(file_id, 0)} changed conversations, "
+                       f"dagster run {outcome.run_id})")
+    if failed:
+        from brightrun_pipeline.errors import ProcessingFailed
+
+        raise ProcessingFailed(f"{len(failed)} rebuild(s) failed; see the runs in the Dagster UI")
+
+
 # --- requests -------------------------------------------------------------------------------
 
 
@@ -487,6 +521,15 @@ def requests_show(app: App, request_id: str) -> None:
     if request is None:
         raise UsageError(f"no selection request with id {request_id!r}")
     _echo_json(request.model_dump(mode="json"))
+
+
+@requests.command("retry")
+@click.argument("request_id")
+@pass_app
+def requests_retry(app: App, request_id: str) -> None:
+    """Put a failed request back to pending; the sensor runs it again under a new run key."""
+    request = app.pipeline.retry(request_id)
+    click.echo(f"request {request.id} is {request.status} again")
 
 
 # --- lineage --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     fetch_concurrency: int = 16
+    rematerialize_cron: str = "0 3 * * *"
     retry: RetrySettings = field(default_factory=RetrySettings)
 
 
@@ -79,6 +80,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         s3_endpoint_url=env.get("BRIGHTRUN_S3_ENDPOINT_URL") or None,
         s3_region=env.get("BRIGHTRUN_S3_REGION") or None,
         fetch_concurrency=_int(env, "BRIGHTRUN_FETCH_CONCURRENCY", 16),
+        rematerialize_cron=env.get("BRIGHTRUN_REMATERIALIZE_CRON") or "0 3 * * *",
         retry=RetrySettings(
             attempts=_int(env, "BRIGHTRUN_FETCH_ATTEMPTS", 5),
             base_delay=_float(env, "BRIGHTRUN_FETCH_BASE_DELAY", 0.2),

@@ -13,6 +13,13 @@ from assets.training_files import (
 from brightrun_pipeline.config import Settings, load_settings
 from jobs import catalog_job, training_file_job
 from resources import BrightRunResource, DatabaseResource, ObjectStoreResource
+from sensors import (
+    build_rematerialize_schedule,
+    request_canceled_sensor,
+    request_failure_sensor,
+    request_success_sensor,
+    selection_request_sensor,
+)
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -44,6 +51,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=[enriched_conversations, training_file_membership, training_file_objects,
                 training_file_version],
         jobs=[training_file_job, catalog_job],
+        sensors=[selection_request_sensor, request_failure_sensor, request_canceled_sensor,
+                 request_success_sensor],
+        schedules=[build_rematerialize_schedule(settings.rematerialize_cron)],
         resources=build_resources(settings),
     )
 

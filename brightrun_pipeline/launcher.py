@@ -31,11 +31,27 @@ class RunOutcome:
 
 def run_request_in_process(settings: Settings, request_id: str, training_file_id: str) -> RunOutcome:
     """Run the training-file job for one claimed request; the run shows in the Dagster UI."""
+    from assets.partitions import REASON_TAG, REQUEST_TAG
+
+    return run_partition_in_process(settings, training_file_id,
+                                    {REQUEST_TAG: request_id, REASON_TAG: "request"})
+
+
+def run_rematerialization_in_process(settings: Settings, training_file_id: str) -> RunOutcome:
+    """Rebuild one training file from its changed sources, as a run of the training-file job."""
+    from assets.partitions import REASON_TAG
+
+    return run_partition_in_process(settings, training_file_id, {REASON_TAG: "rematerialize"})
+
+
+def run_partition_in_process(settings: Settings, training_file_id: str,
+                             tags: dict[str, str]) -> RunOutcome:
+    """Run the training-file job for one partition in this process, on the configured instance."""
     import os
 
     import dagster as dg
 
-    from assets.partitions import REQUEST_TAG, TRAINING_FILE_TAG, training_files_partitions
+    from assets.partitions import TRAINING_FILE_TAG, training_files_partitions
     from brightrun_pipeline.definitions import build_definitions
     from jobs import TRAINING_FILE_JOB
 
@@ -50,8 +66,7 @@ def run_request_in_process(settings: Settings, request_id: str, training_file_id
         result = job.execute_in_process(
             instance=instance,
             partition_key=training_file_id,
-            tags={REQUEST_TAG: request_id, TRAINING_FILE_TAG: training_file_id,
-                  "brightrun/launched_by": "cli"},
+            tags={**tags, TRAINING_FILE_TAG: training_file_id, "brightrun/launched_by": "cli"},
             raise_on_error=False,
             # The CLI prints the outcome itself; the full event log is in the Dagster UI.
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},

@@ -31,6 +31,7 @@ from brightrun_pipeline.rules import (
     ConversationFacts,
     check_request_size,
     check_selection,
+    ineligibility_reason,
     normalize_file_name,
     normalize_uuid,
 )
@@ -69,6 +70,8 @@ class VersionPlan:
     expected_current_version: int | None
     new_file: NewFile | None
     request_ids: list[str] = field(default_factory=list)
+    # Changed conversations a rematerialization could not re-read, with the reason.
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def incoming(row: CatalogRow) -> IncomingConversation:
@@ -191,8 +194,7 @@ class Pipeline:
             self.db.transition_request(request_id, from_statuses=["pending"], to="rejected",
                                        now=utc_now(), error=rejection.as_error())
             return None
-        claimed = self.db.transition_request(request_id, from_statuses=["pending"], to="queued",
-                                             now=utc_now(), target_file_id=valid.target_file_id)
+        claimed = self.db.claim_request(request_id, valid.target_file_id, utc_now())
         return valid if claimed else None
 
     # --- Building --------------------------------------------------------------------------
@@ -249,6 +251,42 @@ class Pipeline:
         )
         return VersionPlan(spec, expected_current_version=file.current_version if file else None,
                            new_file=new_file, request_ids=[request.id])
+
+    def plan_rematerialization(self, file_id: str, run_id: str | None) -> VersionPlan | None:
+        """A new version that re-reads the sources changed since they were built into the file,
+        or None when nothing changed."""
+        file = self.db.get_file(file_id)
+        if file is None or file.current_version is None:
+            raise ProcessingFailed(f"training file {file_id} has no published version to rebuild")
+        rebuilds = []
+        skipped: dict[str, str] = {}
+        for member, row in self.db.stale_members(file_id):
+            reason = ineligibility_reason(ConversationFacts(
+                row.conversation_id, row.enrichment_status, row.enriched_file_path))
+            if reason is not None:
+                # Keep the bytes already published rather than drop a conversation silently.
+                skipped[member.conversation_id] = reason
+                continue
+            rebuilds.append(incoming(row))
+        if not rebuilds:
+            return None
+        now = utc_now().replace(microsecond=0)
+        spec = BuildSpec(
+            training_file_id=file.id, file_name=file.name, description=file.description,
+            file_created_at=file.created_at, version=file.current_version + 1,
+            published_at=now, reason="rematerialize", dagster_run_id=run_id, request_ids=[],
+            vertical=file.vertical, consultant_profile=file.consultant_profile,
+            previous=self._previous(file.id, file.current_version), additions=[],
+            rebuilds=rebuilds)
+        return VersionPlan(spec, expected_current_version=file.current_version, new_file=None,
+                           request_ids=[], skipped=skipped)
+
+    def stale_files(self) -> dict[str, int]:
+        """Training files with changed sources, and how many of their conversations changed."""
+        counts: dict[str, int] = {}
+        for member, _row in self.db.stale_members():
+            counts[member.training_file_id] = counts.get(member.training_file_id, 0) + 1
+        return counts
 
     def _previous(self, file_id: str, version: int) -> PreviousVersion:
         record = self.db.get_version(file_id, version)
@@ -318,7 +356,8 @@ class Pipeline:
     # --- Outcomes --------------------------------------------------------------------------
 
     def record_failure(self, request_ids: Sequence[str], error: BaseException,
-                       run_id: str | None = None) -> None:
+                       run_id: str | None = None,
+                       only_from: Sequence[str] = OPEN_STATUSES) -> None:
         """Store why a request did not publish: rejected for rule breaks, failed otherwise."""
         if isinstance(error, RequestRejected):
             status, payload = "rejected", error.as_error()
@@ -330,8 +369,26 @@ class Pipeline:
             values = {"error": payload}
             if run_id is not None:
                 values["dagster_run_id"] = run_id
-            self.db.transition_request(request_id, from_statuses=OPEN_STATUSES, to=status,
+            self.db.transition_request(request_id, from_statuses=only_from, to=status,
                                        now=utc_now(), **values)
+
+    def record_success(self, request_id: str, run_id: str) -> None:
+        """Note which run published a succeeded request (re-executions included)."""
+        self.db.transition_request(request_id, from_statuses=["succeeded"], to="succeeded",
+                                   now=utc_now(), dagster_run_id=run_id)
+
+    def retry(self, request_id: str) -> SelectionRequest:
+        """Put a failed request back to pending so the sensor claims (and runs) it again."""
+        request = self.db.get_request(request_id)
+        if request is None:
+            raise UsageError(f"no selection request with id {request_id!r}")
+        if not self.db.transition_request(request_id, from_statuses=["failed"], to="pending",
+                                          now=utc_now()):
+            raise UsageError(f"request {request_id} is {request.status}; only failed requests "
+                             "can be retried")
+        retried = self.db.get_request(request_id)
+        assert retried is not None
+        return retried
 
     @contextmanager
     def request_outcome(self, request_ids: Sequence[str], run_id: str | None) -> Iterator[None]:

@@ -1,1 +1,163 @@
-"""Sensors: selection requests become runs."""
+"""Sensors and schedules: selection requests become runs, run outcomes flow back to requests,
+and training files with changed sources are rebuilt."""
+
+import time
+
+import dagster as dg
+
+from assets.partitions import (
+    REASON_TAG,
+    REQUEST_TAG,
+    TRAINING_FILE_TAG,
+    training_files_partitions,
+)
+from jobs import training_file_job
+from resources import BrightRunResource
+
+PAGE_SIZE = 50
+# Stay well inside the 60 s sensor evaluation limit.
+TICK_BUDGET_SECONDS = 40.0
+
+
+def request_run_key(request_id: str, attempt: int) -> str:
+    """The run key of one claim of a request: a retry is a new claim, hence a new key."""
+    return f"selection-request:{request_id}:{attempt}"
+
+
+@dg.sensor(
+    job=training_file_job,
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def selection_request_sensor(
+    context: dg.SensorEvaluationContext, brightrun: BrightRunResource
+) -> dg.SensorResult:
+    """Turn each pending selection request into one run of the training-file job (or reject it)."""
+    pipeline = brightrun.pipeline()
+    db = pipeline.db
+    deadline = time.monotonic() + TICK_BUDGET_SECONDS
+    rejected = 0
+    # Claim pending requests, oldest first, a page at a time. A claim is a conditional update, so a
+    # tick that runs twice (at-least-once delivery) cannot claim a request twice.
+    while time.monotonic() < deadline:
+        page = db.list_requests(status="pending", limit=PAGE_SIZE)
+        if not page:
+            break
+        for request in page:
+            if pipeline.claim(request.id) is None:
+                rejected += 1
+    # Every claimed request that has not started yet gets its run request. The run key makes the
+    # daemon launch it once even if this is emitted on several ticks (e.g. after a crash).
+    run_requests: list[dg.RunRequest] = []
+    new_partitions: list[str] = []
+    after = None
+    while time.monotonic() < deadline:
+        page = db.list_requests(status="queued", limit=PAGE_SIZE, after=after)
+        if not page:
+            break
+        for request in page:
+            file_id = request.target_file_id
+            assert file_id is not None
+            if (file_id not in new_partitions and not context.instance.has_dynamic_partition(
+                    training_files_partitions.name, file_id)):
+                new_partitions.append(file_id)
+            run_requests.append(dg.RunRequest(
+                run_key=request_run_key(request.id, db.request_attempts(request.id)),
+                partition_key=file_id,
+                tags={REQUEST_TAG: request.id, TRAINING_FILE_TAG: file_id,
+                      REASON_TAG: "request"},
+            ))
+        last = page[-1]
+        after = (last.created_at, last.id)
+    if rejected:
+        context.log.info(f"{rejected} pending request(s) rejected or claimed elsewhere")
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=(
+            [training_files_partitions.build_add_request(new_partitions)]
+            if new_partitions else []),
+    )
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[training_file_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def request_failure_sensor(
+    context: dg.RunFailureSensorContext, brightrun: BrightRunResource
+) -> None:
+    """A failed run fails its request (when the step did not record a more precise reason)."""
+    _close_request(context.dagster_run, brightrun,
+                   context.failure_event.message or "the Dagster run failed")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    monitored_jobs=[training_file_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def request_canceled_sensor(
+    context: dg.RunStatusSensorContext, brightrun: BrightRunResource
+) -> None:
+    """A canceled run fails its request, so it can be retried."""
+    _close_request(context.dagster_run, brightrun, "the Dagster run was canceled")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[training_file_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def request_success_sensor(
+    context: dg.RunStatusSensorContext, brightrun: BrightRunResource
+) -> None:
+    """Record the run id on a request whose run succeeded (publication already set its status)."""
+    request_id = context.dagster_run.tags.get(REQUEST_TAG)
+    if request_id:
+        brightrun.pipeline().record_success(request_id, context.dagster_run.run_id)
+
+
+def _close_request(run: dg.DagsterRun, brightrun: BrightRunResource, message: str) -> None:
+    request_id = run.tags.get(REQUEST_TAG)
+    if not request_id:
+        return
+    from brightrun_pipeline.errors import ProcessingFailed
+
+    brightrun.pipeline().record_failure([request_id], ProcessingFailed(message), run.run_id,
+                                        only_from=("queued", "running"))
+
+
+DEFAULT_REMATERIALIZE_CRON = "0 3 * * *"
+
+
+def build_rematerialize_schedule(cron: str = DEFAULT_REMATERIALIZE_CRON) -> dg.ScheduleDefinition:
+    """The schedule that rebuilds training files whose sources changed (daily by default)."""
+
+    @dg.schedule(
+        name="rematerialize_changed_files",
+        job=training_file_job,
+        cron_schedule=cron,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+    def rematerialize_changed_files(
+        context: dg.ScheduleEvaluationContext, brightrun: BrightRunResource
+    ) -> list[dg.RunRequest] | dg.SkipReason:
+        """Rebuild, as a new version, every training file whose sources changed."""
+        stale = brightrun.pipeline().stale_files()
+        if not stale:
+            return dg.SkipReason("no training file has changed sources")
+        stamp = context.scheduled_execution_time.isoformat()
+        return [rematerialize_run_request(file_id, count, stamp)
+                for file_id, count in sorted(stale.items())]
+
+    return rematerialize_changed_files
+
+
+def rematerialize_run_request(file_id: str, changed: int, stamp: str) -> dg.RunRequest:
+    """A run that rebuilds one training file from its changed sources."""
+    return dg.RunRequest(
+        run_key=f"rematerialize:{file_id}:{stamp}",
+        partition_key=file_id,
+        tags={TRAINING_FILE_TAG: file_id, REASON_TAG: "rematerialize",
+              "brightrun/changed_conversations": str(changed)},
+    )

@@ -1,13 +1,22 @@
-"""Shared fixtures: a moto S3 server over HTTP and clients for it."""
+"""Shared fixtures: a moto S3 server, SQLite and PostgreSQL databases, and pipelines on them."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 from botocore.client import BaseClient
+from psycopg import sql
+
+from brightrun_pipeline.config import RetrySettings
+from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.service import Pipeline
+from brightrun_pipeline.storage import LocalObjectStore
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +60,102 @@ def s3_client(make_s3_client: Callable[..., BaseClient]) -> BaseClient:
 def bucket_name() -> str:
     """A bucket name no other test uses (the moto server outlives each test)."""
     return f"test-{uuid.uuid4().hex[:16]}"
+
+
+# --- Databases: SQLite files and a throwaway PostgreSQL database ---------------------------
+
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+
+def _postgres_admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(POSTGRES_ADMIN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            "PostgreSQL must be running on 127.0.0.1:5432 (user postgres, trust auth) for the "
+            f"database tests; connecting failed: {exc}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database created for this session and dropped at its end."""
+    name = f"brightrun_test_{secrets.token_hex(6)}"
+    with _postgres_admin() as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with _postgres_admin() as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """The session's PostgreSQL database with an empty public schema."""
+    dsn = postgres_database.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        # A connection left inside a transaction by an earlier test would block the drop forever.
+        connection.execute("SET lock_timeout = '10s'")
+        connection.execute("DROP SCHEMA public CASCADE")
+        connection.execute("CREATE SCHEMA public")
+    return postgres_database
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite database file of this test's own."""
+    return f"sqlite:///{tmp_path / 'brightrun.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """An empty database, once on SQLite and once on PostgreSQL."""
+    fixture = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}[request.param]
+    return request.getfixturevalue(fixture)
+
+
+@pytest.fixture
+def make_database() -> Iterator[Callable[[str], Database]]:
+    """Open Databases that are disposed of when the test ends."""
+    opened: list[Database] = []
+
+    def make(url: str) -> Database:
+        database = Database(url)
+        opened.append(database)
+        return database
+
+    yield make
+    for database in opened:
+        database.dispose()
+
+
+# --- Pipelines --------------------------------------------------------------------------------
+
+SOURCE_BUCKET = "conversation-files"
+TRAINING_BUCKET = "training-files"
+
+
+@pytest.fixture
+def make_pipeline(
+    database_url: str, tmp_path: Path, make_database: Callable[[str], Database],
+) -> Callable[..., Pipeline]:
+    """Pipelines on the test's database; each gets the given store or a local one under tmp_path."""
+
+    def make(store: LocalObjectStore | None = None, *, attempts: int = 3) -> Pipeline:
+        database = make_database(database_url)
+        database.upgrade()
+        store = store if store is not None else LocalObjectStore(tmp_path / "storage")
+        store.ensure_bucket(SOURCE_BUCKET)
+        store.ensure_bucket(TRAINING_BUCKET)
+        return Pipeline(database, store, source_bucket=SOURCE_BUCKET,
+                        training_bucket=TRAINING_BUCKET, fetch_concurrency=4,
+                        retry=RetrySettings(attempts=attempts, base_delay=0.0, max_delay=0.0))
+
+    return make
+
+
+@pytest.fixture
+def pipeline(make_pipeline: Callable[..., Pipeline]) -> Pipeline:
+    """A pipeline on an upgraded, empty database and an empty local store."""
+    return make_pipeline()

@@ -442,6 +442,48 @@ class Database:
                 ).values(status=to, updated_at=now, **values))
             return result.rowcount == 1
 
+    def claim_request(self, request_id: str, target_file_id: str, now: datetime) -> bool:
+        """pending → queued, exactly once: only the caller whose update matched the row wins."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                sa.update(selection_requests).where(
+                    selection_requests.c.id == request_id,
+                    selection_requests.c.status == "pending",
+                ).values(status="queued", target_file_id=target_file_id, error=None,
+                         attempts=selection_requests.c.attempts + 1, updated_at=now))
+            return result.rowcount == 1
+
+    def request_attempts(self, request_id: str) -> int:
+        """How many times a request has been claimed (part of its run key)."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(sa.select(selection_requests.c.attempts).where(
+                selection_requests.c.id == request_id)).scalar() or 0)
+
+    # --- Staleness -------------------------------------------------------------------------------
+
+    def stale_members(self, file_id: str | None = None) -> list[tuple[MemberRecord, CatalogRow]]:
+        """Members whose conversation changed since it was built into its file: a newer
+        `updated_at` or another enriched file path (compared as instants, whatever the text form)."""
+        query = sa.select(training_file_conversations, *[
+            c.label(f"c_{name}") for name, c in zip(
+                [c.name for c in conversations.c] + ["batch_id"], catalog_columns, strict=True)
+        ]).join(catalog, catalog.c.conversation_id == training_file_conversations.c.conversation_id)
+        if file_id is not None:
+            query = query.where(training_file_conversations.c.training_file_id == file_id)
+        query = query.order_by(training_file_conversations.c.training_file_id,
+                               training_file_conversations.c.position)
+        stale = []
+        with self.engine.connect() as connection:
+            for row in connection.execution_options(yield_per=1000).execute(query):
+                member = _record(MemberRecord, row)
+                current = CatalogRow(**{name: row._mapping[f"c_{name}"]
+                                        for name in CatalogRow.__dataclass_fields__})
+                moved = (current.updated_at is not None and member.source_updated_at is not None
+                         and current.updated_at > member.source_updated_at)
+                if moved or current.enriched_file_path != member.source_key:
+                    stale.append((member, current))
+        return stale
+
     # --- Publication -------------------------------------------------------------------------
 
     def publish_version(self, publication: Publication, request_ids: Sequence[str]) -> None:

@@ -1,0 +1,41 @@
+# Set-up and everyday commands. Every target creates or refreshes the virtualenv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test dev bench lint schemas clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run the main job end to end on the embedded defaults (SQLite, ./.brightrun/storage, local Dagster).
+demo: $(STAMP)
+	$(BIN)/brightrun demo
+
+## Run the whole test suite (SQLite and PostgreSQL, local store and S3 over HTTP).
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## Dagster UI + daemon (sensor and schedule running) on http://127.0.0.1:3000; Ctrl-C stops it.
+dev: $(STAMP)
+	$(BIN)/brightrun init
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.brightrun/dagster} \
+		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## Benchmarks (not part of the test suite); writes docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## Regenerate the committed JSON Schemas after changing the models.
+schemas: $(STAMP)
+	$(BIN)/python -m brightrun_pipeline.schema_export
+
+clean:
+	rm -rf .brightrun
