@@ -1,16 +1,34 @@
 """The training-file chain, one partition per training file: membership → JSON/JSONL → version."""
 
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
 
 from assets.catalog import enriched_conversations
 from assets.partitions import REQUEST_TAG, training_files_partitions
 from brightrun_pipeline.builder import BuiltVersion
+from brightrun_pipeline.errors import BrightRunError
 from brightrun_pipeline.service import VersionPlan
 from brightrun_pipeline.verification import verify_built_version
 from resources import BrightRunResource
 
 JSON_KEY = dg.AssetKey("training_file_json")
+
+
+@contextmanager
+def reported_as_failure() -> Iterator[None]:
+    """Show a domain error in the Dagster UI as a plain failure naming the problem."""
+    try:
+        yield
+    except BrightRunError as error:
+        conversations = getattr(error, "conversations", {})
+        raise dg.Failure(
+            description=str(error),
+            metadata={"conversations": dg.MetadataValue.json(conversations)} if conversations
+            else None,
+        ) from error
 JSONL_KEY = dg.AssetKey("training_file_jsonl")
 
 
@@ -26,13 +44,14 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
     pipeline = brightrun.pipeline()
     request_id = context.run.tags.get(REQUEST_TAG)
     if request_id:
-        with pipeline.request_outcome([request_id], context.run_id):
-            plan = pipeline.start(request_id, context.run_id)
+        with reported_as_failure(), pipeline.request_outcome([request_id], context.run.run_id):
+            plan = pipeline.start(request_id, context.run.run_id)
         if plan.spec.training_file_id != context.partition_key:
             raise dg.Failure(f"request {request_id} targets training file "
                              f"{plan.spec.training_file_id}, not partition {context.partition_key}")
     else:
-        plan = pipeline.plan_rematerialization(context.partition_key, context.run_id)
+        with reported_as_failure():
+            plan = pipeline.plan_rematerialization(context.partition_key, context.run.run_id)
         if plan is None:
             context.log.info("no source of this training file changed: nothing to rebuild")
             return
@@ -85,7 +104,7 @@ def training_file_objects(
 ):
     """Write training.json, training.jsonl and manifest.json of the next version, then check them."""
     pipeline = brightrun.pipeline()
-    with pipeline.request_outcome(plan.request_ids, context.run_id):
+    with reported_as_failure(), pipeline.request_outcome(plan.request_ids, context.run.run_id):
         built = pipeline.build(plan)
         report = verify_built_version(pipeline, built)
     for name, outcome in report.items():
@@ -96,7 +115,7 @@ def training_file_objects(
     if not all(outcome.passed for outcome in report.values()):
         failed = ", ".join(name for name, o in report.items() if not o.passed)
         pipeline.record_failure(plan.request_ids, RuntimeError(f"checks failed: {failed}"),
-                                context.run_id)
+                                context.run.run_id)
     yield dg.Output(built, output_name="training_file_json", metadata={
         "version": plan.spec.version,
         "key": built.json.key,
@@ -129,7 +148,7 @@ def training_file_version(
 ) -> dg.MaterializeResult:
     """The published version: current pointer, version row, membership and request outcome."""
     pipeline = brightrun.pipeline()
-    with pipeline.request_outcome(plan.request_ids, context.run_id):
+    with reported_as_failure(), pipeline.request_outcome(plan.request_ids, context.run.run_id):
         record = pipeline.publish(plan, built)
     return dg.MaterializeResult(metadata=lineage_metadata(pipeline, record))
 

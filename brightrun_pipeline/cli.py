@@ -528,7 +528,7 @@ def requests_show(app: App, request_id: str) -> None:
 @pass_app
 def requests_retry(app: App, request_id: str) -> None:
     """Put a failed request back to pending; the sensor runs it again under a new run key."""
-    request = app.pipeline.retry(request_id)
+    request = app.pipeline.retry_request(request_id)
     click.echo(f"request {request.id} is {request.status} again")
 
 

@@ -68,7 +68,8 @@ def run_partition_in_process(settings: Settings, training_file_id: str,
             partition_key=training_file_id,
             tags={**tags, TRAINING_FILE_TAG: training_file_id, "brightrun/launched_by": "cli"},
             raise_on_error=False,
-            # The CLI prints the outcome itself; the full event log is in the Dagster UI.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            # The CLI prints the outcome itself (a failed request names its conversation); the
+            # step errors with their stack traces stay in the run's event log in the Dagster UI.
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         )
         return RunOutcome(result.run_id, result.success)

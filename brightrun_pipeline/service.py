@@ -377,7 +377,7 @@ class Pipeline:
         self.db.transition_request(request_id, from_statuses=["succeeded"], to="succeeded",
                                    now=utc_now(), dagster_run_id=run_id)
 
-    def retry(self, request_id: str) -> SelectionRequest:
+    def retry_request(self, request_id: str) -> SelectionRequest:
         """Put a failed request back to pending so the sensor claims (and runs) it again."""
         request = self.db.get_request(request_id)
         if request is None:

@@ -11,12 +11,30 @@ from assets.partitions import (
     TRAINING_FILE_TAG,
     training_files_partitions,
 )
+from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.models import SelectionRequest
 from jobs import training_file_job
 from resources import BrightRunResource
 
 PAGE_SIZE = 50
 # Stay well inside the 60 s sensor evaluation limit.
 TICK_BUDGET_SECONDS = 40.0
+
+
+TRAINING_FILES = training_files_partitions.name or "training_files"
+
+
+def _all_requests(db: Database, status: str, deadline: float) -> list[SelectionRequest]:
+    """Every request in a status, read in keyset pages while the tick has time left."""
+    found: list[SelectionRequest] = []
+    after = None
+    while time.monotonic() < deadline:
+        page = db.list_requests(status=status, limit=PAGE_SIZE, after_id=after)
+        found.extend(page)
+        if len(page) < PAGE_SIZE:
+            break
+        after = page[-1].id
+    return found
 
 
 def request_run_key(request_id: str, attempt: int) -> str:
@@ -37,38 +55,29 @@ def selection_request_sensor(
     db = pipeline.db
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
     rejected = 0
-    # Claim pending requests, oldest first, a page at a time. A claim is a conditional update, so a
-    # tick that runs twice (at-least-once delivery) cannot claim a request twice.
-    while time.monotonic() < deadline:
-        page = db.list_requests(status="pending", limit=PAGE_SIZE)
-        if not page:
-            break
-        for request in page:
-            if pipeline.claim(request.id) is None:
-                rejected += 1
-    # Every claimed request that has not started yet gets its run request. The run key makes the
-    # daemon launch it once even if this is emitted on several ticks (e.g. after a crash).
+    # Claim pending requests a page at a time. A claim is a conditional update, so a tick that
+    # runs twice (at-least-once delivery) cannot claim a request twice.
+    for request in _all_requests(db, "pending", deadline):
+        if pipeline.claim(request.id) is None:
+            rejected += 1
+    # Every claimed request that has not started yet gets its run request, oldest first so that
+    # requests for one file run in the order they were made. The run key makes the daemon launch
+    # it once even if it is emitted on several ticks (e.g. after a crash between claim and launch).
+    queued = sorted(_all_requests(db, "queued", deadline),
+                    key=lambda r: (r.created_at is None, r.created_at, r.id))
     run_requests: list[dg.RunRequest] = []
     new_partitions: list[str] = []
-    after = None
-    while time.monotonic() < deadline:
-        page = db.list_requests(status="queued", limit=PAGE_SIZE, after=after)
-        if not page:
-            break
-        for request in page:
-            file_id = request.target_file_id
-            assert file_id is not None
-            if (file_id not in new_partitions and not context.instance.has_dynamic_partition(
-                    training_files_partitions.name, file_id)):
-                new_partitions.append(file_id)
-            run_requests.append(dg.RunRequest(
-                run_key=request_run_key(request.id, db.request_attempts(request.id)),
-                partition_key=file_id,
-                tags={REQUEST_TAG: request.id, TRAINING_FILE_TAG: file_id,
-                      REASON_TAG: "request"},
-            ))
-        last = page[-1]
-        after = (last.created_at, last.id)
+    for request in queued:
+        file_id = request.target_file_id
+        assert file_id is not None
+        if file_id not in new_partitions and not context.instance.has_dynamic_partition(
+                TRAINING_FILES, file_id):
+            new_partitions.append(file_id)
+        run_requests.append(dg.RunRequest(
+            run_key=request_run_key(request.id, db.request_attempts(request.id)),
+            partition_key=file_id,
+            tags={REQUEST_TAG: request.id, TRAINING_FILE_TAG: file_id, REASON_TAG: "request"},
+        ))
     if rejected:
         context.log.info(f"{rejected} pending request(s) rejected or claimed elsewhere")
     return dg.SensorResult(

@@ -233,7 +233,8 @@ class Database:
                                 catalog.c.enriched_file_path.is_not(None))
             query = query.where(condition if eligible else sa.not_(condition))
         order = catalog.c[sort]
-        query = query.order_by(order.desc() if descending else order.asc(),
+        # Missing values go last either way, on SQLite and PostgreSQL alike (their defaults differ).
+        query = query.order_by((order.desc() if descending else order.asc()).nulls_last(),
                                catalog.c.conversation_id.asc())
         if limit is not None:
             query = query.limit(limit)
@@ -409,19 +410,18 @@ class Database:
 
     def list_requests(
         self, *, status: str | None = None, limit: int | None = None,
-        after: tuple[datetime, str] | None = None,
+        after_id: str | None = None,
     ) -> list[SelectionRequest]:
-        """Requests oldest first, optionally by status and after a (created_at, id) position."""
+        """Requests oldest first, optionally by status. With `after_id`, a keyset page in id order
+        (stable whatever text form other writers gave `created_at`)."""
         query = sa.select(selection_requests)
         if status is not None:
             query = query.where(selection_requests.c.status == status)
-        if after is not None:
-            created, request_id = after
-            query = query.where(sa.or_(
-                selection_requests.c.created_at > created,
-                sa.and_(selection_requests.c.created_at == created,
-                        selection_requests.c.id > request_id)))
-        query = query.order_by(selection_requests.c.created_at, selection_requests.c.id)
+        if after_id is not None:
+            query = query.where(selection_requests.c.id > after_id).order_by(
+                selection_requests.c.id)
+        else:
+            query = query.order_by(selection_requests.c.created_at, selection_requests.c.id)
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as connection:

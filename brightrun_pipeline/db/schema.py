@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -13,14 +14,16 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    text,
 )
 
-from brightrun_pipeline.db.types import JSONDocument, Timestamp, UUIDText
+from brightrun_pipeline.db.types import ForeignText, JSONDocument, Timestamp, UUIDText, utc_now
 
 metadata = MetaData()
 
 Score = Numeric(asdecimal=False)
+# Scores we computed or copied keep every bit: PostgreSQL's float-to-numeric cast keeps only 15
+# significant digits, and later versions' headers are computed from these.
+ExactScore = Float(asdecimal=False)
 
 # --- Source tables, written by the upstream application --------------------------------
 
@@ -41,9 +44,9 @@ conversations = Table(
     Column("brand_voice_alignment", Score),
     Column("enrichment_status", Text, nullable=False, server_default="not_started"),
     Column("enriched_file_path", Text),
-    Column("created_by", Text),
-    Column("created_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
-    Column("updated_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+    Column("created_by", ForeignText),
+    Column("created_at", Timestamp, server_default=utc_now()),
+    Column("updated_at", Timestamp, server_default=utc_now()),
 )
 
 batch_jobs = Table(
@@ -54,7 +57,7 @@ batch_jobs = Table(
     Column("status", Text, nullable=False, server_default="queued"),
     Column("tier", Text),
     Column("total_items", Integer, nullable=False, server_default="0"),
-    Column("created_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+    Column("created_at", Timestamp, server_default=utc_now()),
 )
 
 batch_items = Table(
@@ -64,7 +67,7 @@ batch_items = Table(
     Column("batch_job_id", UUIDText, ForeignKey("batch_jobs.id"), nullable=False),
     Column("conversation_id", UUIDText),
     Column("status", Text, nullable=False, server_default="queued"),
-    Column("created_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+    Column("created_at", Timestamp, server_default=utc_now()),
 )
 
 SOURCE_TABLES = (conversations, batch_jobs, batch_items)
@@ -92,7 +95,7 @@ training_files = Table(
     Column("current_version", Integer),
     Column("status", String(20), nullable=False),
     Column("vertical", Text),
-    Column("consultant_profile", JSONDocument),
+    Column("consultant_profile", JSONDocument(keep_key_order=True)),
 )
 
 training_file_versions = Table(
@@ -117,7 +120,7 @@ training_file_versions = Table(
     Column("trainable_pair_count", Integer, nullable=False),
     Column("jsonl_line_count", Integer, nullable=False),
     Column("human_reviewed_count", Integer, nullable=False),
-    Column("avg_quality_score", Numeric(asdecimal=False)),
+    Column("avg_quality_score", ExactScore),
     Column("request_ids", JSONDocument, nullable=False),
     Column("dagster_run_id", Text),
     Column("created_at", Timestamp, nullable=False),
@@ -140,7 +143,7 @@ training_file_conversations = Table(
     Column("pair_count", Integer, nullable=False),
     Column("trainable_pair_count", Integer, nullable=False),
     Column("human_reviewed_count", Integer, nullable=False),
-    Column("quality_score", Numeric(asdecimal=False)),
+    Column("quality_score", ExactScore),
     Column("persona_key", Text),
     Column("emotional_arc_key", Text),
     Column("topic_key", Text),
@@ -165,8 +168,8 @@ selection_requests = Table(
     Column("dagster_run_id", Text),
     Column("target_file_id", UUIDText),
     Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("created_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
-    Column("updated_at", Timestamp, server_default=text("CURRENT_TIMESTAMP")),
+    Column("created_at", Timestamp, server_default=utc_now()),
+    Column("updated_at", Timestamp, server_default=utc_now()),
     Index("ix_selection_requests_status_created", "status", "created_at"),
     Index("ix_selection_requests_target", "target_file_id"),
 )

@@ -1,0 +1,153 @@
+"""The checks a built version passes before publication, and what each catches when an object
+is tampered with between build and verification."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import orjson
+import pytest
+from seed import claimed_request, create_file, demo_dataset, eligible, seed_dataset
+from test_builder import replace_object
+
+from brightrun_pipeline.builder import BuiltVersion
+from brightrun_pipeline.service import Pipeline
+from brightrun_pipeline.storage import LocalObjectStore
+from brightrun_pipeline.verification import verify_built_version
+
+CHECKS = {"matches_v4_format", "unique_conversations", "header_matches_membership",
+          "manifest_matches_objects", "line_count_matches", "lines_equal_pairs", "unique_ids"}
+
+
+@pytest.fixture(params=[1, 2], ids=["first-version", "added-version"])
+def built(request: pytest.FixtureRequest, pipeline: Pipeline) -> BuiltVersion:
+    """A built, unpublished version: the first of a file, or one added to a published file."""
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    rows = eligible(dataset)
+    if request.param == 1:
+        request_id = claimed_request(pipeline, rows[:3], new_file_name="Verified")
+    else:
+        tid = create_file(pipeline, rows[:3]).training_file_id
+        request_id = claimed_request(pipeline, rows[3:6], training_file=tid)
+    built = pipeline.build(pipeline.start(request_id, "run-verify"))
+    assert built.spec.version == request.param
+    return built
+
+
+def failed_checks(pipeline: Pipeline, built: BuiltVersion) -> set[str]:
+    report = verify_built_version(pipeline, built)
+    assert set(report) == CHECKS
+    return {name for name, outcome in report.items() if not outcome.passed}
+
+
+def test_a_good_build_passes_every_check(pipeline: Pipeline, built: BuiltVersion) -> None:
+    report = verify_built_version(pipeline, built)
+    assert {name: (o.passed, o.detail) for name, o in report.items()} \
+        == {name: (True, "ok") for name in CHECKS}
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return data.splitlines(keepends=True)
+
+
+def _change_line(data: bytes) -> bytes:
+    lines = _lines(data)
+    line = orjson.loads(lines[1])
+    line["target_response"] += " (edited)"
+    lines[1] = orjson.dumps(line) + b"\n"
+    return b"".join(lines)
+
+
+def _remove_line(data: bytes) -> bytes:
+    lines = _lines(data)
+    del lines[1]
+    return b"".join(lines)
+
+
+def _repeat_line(data: bytes) -> bytes:
+    lines = _lines(data)
+    return b"".join(lines + lines[-1:])
+
+
+def _swap_lines(data: bytes) -> bytes:
+    lines = _lines(data)
+    lines[0], lines[1] = lines[1], lines[0]
+    return b"".join(lines)
+
+
+def _same_length_digit_change(data: bytes, field: str) -> bytes:
+    match = re.search(rb'"' + field.encode() + rb'": (\d+)', data)
+    assert match is not None
+    digits = match.group(1)
+    changed = digits[:-1] + str((int(digits[-1:]) + 1) % 10).encode()
+    return data[:match.start(1)] + changed + data[match.end(1):]
+
+
+def _change_total(data: bytes) -> bytes:
+    return _same_length_digit_change(data, "total_training_pairs")
+
+
+def _change_pair_in_json(data: bytes) -> bytes:
+    marker = b'"target_response": "'
+    start = data.index(marker, data.index(b'"conversations": [')) + len(marker)
+    return data[:start] + b"X" + data[start + 1:]
+
+
+def _invalid_tier(data: bytes) -> bytes:
+    match = re.search(rb'"quality_tier": "([a-z_]+)"', data)
+    assert match is not None
+    return data[:match.start(1)] + b"z" * len(match.group(1)) + data[match.end(1):]
+
+
+def _append_newline(data: bytes) -> bytes:
+    return data + b"\n"
+
+
+def _change_manifest_hash(data: bytes) -> bytes:
+    manifest = orjson.loads(data)
+    manifest["files"]["training.json"]["sha256"] = "0" * 64
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+
+
+def _drop_manifest_conversation(data: bytes) -> bytes:
+    manifest = orjson.loads(data)
+    manifest["conversations"].pop()
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+
+
+def _manifest_not_json(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+TAMPERS: dict[str, tuple[str, Callable[[bytes], bytes], set[str]]] = {
+    "jsonl-line-changed": ("training.jsonl", _change_line, {"lines_equal_pairs"}),
+    "jsonl-line-removed": ("training.jsonl", _remove_line,
+                           {"lines_equal_pairs", "line_count_matches"}),
+    "jsonl-line-repeated": ("training.jsonl", _repeat_line, {"line_count_matches"}),
+    "jsonl-lines-swapped": ("training.jsonl", _swap_lines, {"lines_equal_pairs"}),
+    "header-total-changed": ("training.json", _change_total, {"header_matches_membership"}),
+    "json-pair-changed": ("training.json", _change_pair_in_json, {"lines_equal_pairs"}),
+    "json-block-tier-invalid": ("training.json", _invalid_tier, {"matches_v4_format"}),
+    "json-bytes-appended": ("training.json", _append_newline, {"matches_v4_format"}),
+    "manifest-hash-changed": ("manifest.json", _change_manifest_hash, set()),
+    "manifest-conversation-dropped": ("manifest.json", _drop_manifest_conversation, set()),
+    "manifest-truncated": ("manifest.json", _manifest_not_json, set()),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERS))
+def test_each_check_catches_its_tampering(pipeline: Pipeline, built: BuiltVersion,
+                                          case: str) -> None:
+    name, tamper, caught = TAMPERS[case]
+    key = f"{built.spec.training_file_id}/v{built.spec.version}/{name}"
+    store = pipeline.store
+    assert isinstance(store, LocalObjectStore)
+    original = store.get_bytes(pipeline.training_bucket, key)
+    tampered = tamper(original)
+    assert tampered != original
+    replace_object(store, pipeline.training_bucket, key, tampered)
+
+    # Any change to an object also breaks the manifest's record of it.
+    assert failed_checks(pipeline, built) == caught | {"manifest_matches_objects"}
