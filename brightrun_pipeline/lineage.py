@@ -17,7 +17,7 @@ def read_manifest(pipeline: Pipeline, training_file_id: str, version: int | None
     """The manifest of a published version (the current one when `version` is None)."""
     record = pipeline.db.get_version(training_file_id, version)
     if record is None:
-        which = "a current version" if version is None else f"a version {version}"
+        which = "version yet" if version is None else f"version {version}"
         raise UsageError(f"training file {training_file_id} has no published {which}")
     return Manifest.model_validate_json(
         pipeline.store.get_bytes(pipeline.training_bucket, record.manifest_key))

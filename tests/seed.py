@@ -102,8 +102,8 @@ def copy_of(conversation: DemoConversation, *, file_bytes: bytes | None = None,
     values.update(id=str(uuid.uuid4()), conversation_id=conversation_id,
                   enriched_file_path=f"{values['created_by']}/{conversation_id}/enriched.json")
     values.update(row)
-    return DemoConversation(row=values, batch_id=None,
-                            file_bytes=conversation.file_bytes if file_bytes is None else file_bytes)
+    data = conversation.file_bytes if file_bytes is None else file_bytes
+    return DemoConversation(row=values, batch_id=None, file_bytes=data)
 
 
 def oracle_input(conversation: DemoConversation, added_in_version: int) -> SourceConversation:

@@ -451,7 +451,10 @@ def test_transient_errors_are_retried_per_fetch(
         assert list(request.error.conversations) == [rows[1].conversation_id]
         assert pipeline.db.list_files() == []
     assert store.calls[flaky_key] == min(failures + 1, attempts)
-    assert all(store.calls[str(c.row["enriched_file_path"])] == 1 for c in (rows[0], rows[2]))
+    # Only the flaky source is read twice; a failed build may stop before reading the last one.
+    first, last = (store.calls[str(c.row["enriched_file_path"])] for c in (rows[0], rows[2]))
+    assert first == 1
+    assert (last == 1) if succeeds else (last <= 1)
 
 
 class Failing:

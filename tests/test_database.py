@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 import sqlalchemy as sa
+from contract_oracle import check_version
 from seed import (
     claimed_request,
     create_file,
@@ -21,7 +22,6 @@ from seed import (
     seed_dataset,
     version_objects,
 )
-from contract_oracle import check_version
 
 from brightrun_pipeline.db.repository import Database
 from brightrun_pipeline.db.schema import batch_items, batch_jobs, conversations
@@ -73,11 +73,11 @@ def test_upgrade_is_idempotent(database_url: str,
     upgraded(make_database, database_url)
 
     inspector = sa.inspect(database.engine)
-    assert OWNED | SOURCES <= set(inspector.get_table_names())
+    assert set(inspector.get_table_names()) >= OWNED | SOURCES
     assert "conversation_catalog" in inspector.get_view_names()
     with database.engine.connect() as connection:
-        assert connection.execute(sa.text("SELECT version_num FROM brightrun_schema_version")).all() \
-            == [("0001_initial",)]
+        versions = connection.execute(sa.text("SELECT version_num FROM brightrun_schema_version"))
+        assert versions.all() == [("0001_initial",)]
     assert [row.conversation_id for row in database.list_conversations()] == [cid]
 
 

@@ -1,0 +1,155 @@
+"""The real daemon on the production instance configuration (PostgreSQL run storage, S3 compute
+logs): request rows inserted with plain SQL become published versions with no one in the loop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import orjson
+import psycopg
+import pytest
+import sqlalchemy as sa
+from contract_oracle import check_version
+from psycopg import sql
+from seed import demo_dataset, eligible, oracle_input, seed_dataset, version_objects
+
+from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.service import Pipeline
+from brightrun_pipeline.storage import LocalObjectStore
+
+REPO = Path(__file__).resolve().parent.parent
+FINAL = {"succeeded", "failed", "rejected"}
+DEADLINE_SECONDS = 240
+
+
+@pytest.fixture
+def dagster_postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for the Dagster instance's own storage."""
+    name = f"brightrun_dagster_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def daemon(
+    postgres_url: str, dagster_postgres_url: str, s3_endpoint_url: str, tmp_path: Path,
+) -> Iterator[Pipeline]:
+    """`dagster-daemon run` on the repository's workspace and production instance config."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    shutil.copyfile(REPO / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
+    boto3.client("s3", endpoint_url=s3_endpoint_url, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing"
+                 ).create_bucket(Bucket="compute-logs")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_POSTGRES_URL": dagster_postgres_url,
+        "DAGSTER_COMPUTE_LOG_BUCKET": "compute-logs",
+        "DAGSTER_S3_ENDPOINT_URL": s3_endpoint_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "BRIGHTRUN_DATABASE_URL": postgres_url,
+        "BRIGHTRUN_STORAGE_ROOT": str(tmp_path / "storage"),
+    }
+    database = Database(postgres_url)
+    database.upgrade()
+    store = LocalObjectStore(tmp_path / "storage")
+    store.ensure_bucket("conversation-files")
+    store.ensure_bucket("training-files")
+    log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield Pipeline(database, store)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        database.dispose()
+
+
+def insert_request(db: Database, request_id: str, ids: list[str], *,
+                   name: str | None = None, file_id: str | None = None) -> None:
+    """What another application does: one INSERT, nothing else."""
+    with db.engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO selection_requests (id, training_file_id, new_file_name, "
+            "conversation_ids) VALUES (:id, :file, :name, CAST(:ids AS jsonb))"),
+            {"id": request_id, "file": file_id, "name": name, "ids": orjson.dumps(ids).decode()})
+
+
+def wait_for(condition: Callable[[], bool], what: str, log: Path) -> None:
+    """Poll until the condition holds; fail with the daemon's log after the deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}; daemon log:\n"
+                + log.read_text(errors="replace")[-4000:])
+
+
+def test_daemon_turns_inserted_rows_into_versions(daemon: Pipeline, tmp_path: Path) -> None:
+    pipeline = daemon
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    rows = eligible(dataset)
+    log = tmp_path / "daemon.log"
+
+    def status(request_id: str) -> str | None:
+        request = pipeline.db.get_request(request_id)
+        return None if request is None else request.status
+
+    insert_request(pipeline.db, "create-1", [c.conversation_id for c in rows[:2]], name="Daemon")
+    bad_id = next(c for c in dataset.conversations if c not in rows).conversation_id
+    insert_request(pipeline.db, "bad-1", [bad_id], name="Never")
+    wait_for(lambda: status("create-1") in FINAL and status("bad-1") in FINAL,
+             "the first requests", log)
+    assert status("create-1") == "succeeded", pipeline.db.get_request("create-1")
+    rejected = pipeline.db.get_request("bad-1")
+    assert rejected is not None and rejected.status == "rejected"
+    assert rejected.dagster_run_id is None and bad_id in rejected.error.conversations  # type: ignore[union-attr]
+
+    file = pipeline.db.find_file("Daemon")
+    assert file is not None and file.current_version == 1
+    # Several requests for one file inserted at once land, in order, as consecutive versions.
+    later = rows[2:7]
+    for index, conversation in enumerate(later):
+        insert_request(pipeline.db, f"add-{index}", [conversation.conversation_id],
+                       file_id=file.id)
+    wait_for(lambda: all(status(f"add-{i}") in FINAL for i in range(len(later))),
+             "the queued additions", log)
+    results = [pipeline.db.get_request(f"add-{i}") for i in range(len(later))]
+    assert [r.status for r in results] == ["succeeded"] * len(later)  # type: ignore[union-attr]
+    # In the order they were inserted: the sensor emits oldest first, the queue runs one per file.
+    assert [r.result_version for r in results] == list(range(2, 2 + len(later)))  # type: ignore[union-attr]
+
+    record = pipeline.db.get_version(file.id)
+    assert record is not None and record.version == 1 + len(later)
+    members = [m.conversation_id for m in pipeline.db.iter_members(file.id)]
+    assert members == [c.conversation_id for c in rows[:7]]
+    assert len(members) == len(set(members))
+    json_bytes, jsonl_bytes, manifest = version_objects(pipeline, record)
+    added_in = {m.conversation_id: m.added_in_version for m in pipeline.db.iter_members(file.id)}
+    by_id = {c.conversation_id: c for c in rows}
+    check_version(json_bytes, jsonl_bytes, manifest, training_file_id=file.id,
+                  file_name="Daemon", description=None, file_version=record.version,
+                  conversations=[oracle_input(by_id[cid], added_in[cid]) for cid in members])
