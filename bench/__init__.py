@@ -1,0 +1,1 @@
+"""Benchmark harness (run with `make bench`); not part of the test suite."""

@@ -1,0 +1,249 @@
+"""Benchmark harness: our builds side by side with a naive baseline, jq and the I/O floors.
+
+Run with `make bench` (or `python -m bench.run [--sizes 80,1000,10000] [--repeat 3]`). Data sets
+are generated with the demo generator under bench/data/ (reused when present). The table is
+printed and written to docs/performance.md with a description of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from brightrun_pipeline.demo_data import iter_demo_conversations
+
+ROOT = Path(__file__).resolve().parent
+DATA = ROOT / "data"
+REPORT = ROOT.parent / "docs" / "performance.md"
+JQ_PROGRAM = (
+    '(.dataset_metadata.dataset_name | ltrimstr("fp_conversation_")) as $cid'
+    ' | .training_pairs[]'
+    ' | select((.target_response | type) == "string" and .target_response != "")'
+    ' | {id: "\\($cid)_turn\\(.turn_number)", conversation_id: $cid, turn_number,'
+    ' conversation_metadata, system_prompt, conversation_history, current_user_input,'
+    ' emotional_context, target_response, training_metadata}'
+)
+
+
+@dataclass
+class Measure:
+    """Medians of wall time and peak RSS over the repetitions of one row of the table."""
+
+    name: str
+    n: int
+    seconds: float
+    peak_mb: float
+    note: str = ""
+
+
+def generate(n: int) -> Path:
+    """n + 80 conversations (the extra 80 are added incrementally) with a rows index."""
+    directory = DATA / f"n{n}"
+    if (directory / "rows.json").exists():
+        return directory
+    shutil.rmtree(directory, ignore_errors=True)
+    sources = directory / "storage" / "conversation-files"
+    rows = []
+    for batch, _item, conversation in iter_demo_conversations(2026, n + 80, batch_size=80):
+        row = conversation.row
+        path = sources / str(row["enriched_file_path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(conversation.file_bytes or b"")
+        rows.append({
+            "conversation_id": row["conversation_id"], "key": row["enriched_file_path"],
+            "batch_id": batch.id if batch else None, "quality_score": row["quality_score"],
+            "persona_key": row["persona_key"], "emotional_arc_key": row["emotional_arc_key"],
+            "topic_key": row["topic_key"], "created_at": row["created_at"].isoformat(),
+            "updated_at": row["updated_at"].isoformat()})
+    (directory / "rows.json").write_bytes(orjson.dumps(rows))
+    return directory
+
+
+def measured(command: list[str], repeat: int, shell: bool = False) -> tuple[float, float, str]:
+    """Median wall time and peak RSS of `repeat` runs of a command in fresh processes."""
+    times, peaks, last = [], [], ""
+    for _ in range(repeat):
+        started = time.perf_counter()
+        process = subprocess.Popen(["/bin/sh", "-c", " ".join(command)] if shell else command,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pid, status, usage = os.wait4(process.pid, 0)
+        times.append(time.perf_counter() - started)
+        out = process.stdout.read() if process.stdout else b""
+        err = process.stderr.read() if process.stderr else b""
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise RuntimeError(f"{command[:4]} failed: {err.decode(errors='replace')[-2000:]}")
+        peaks.append(usage.ru_maxrss / 1024)
+        last = out.decode()
+    return statistics.median(times), statistics.median(peaks), last
+
+
+def task(name: str, directory: Path, argument: str) -> list[str]:
+    return [sys.executable, "-m", "bench.tasks", name, str(directory), argument]
+
+
+def bench_size(n: int, repeat: int) -> list[Measure]:
+    """Every row of the table for one data set size."""
+    directory = generate(n)
+    rows = orjson.loads((directory / "rows.json").read_bytes())[:n]
+    sources = directory / "storage" / "conversation-files"
+    file_list = directory / "files.txt"
+    file_list.write_bytes(b"\0".join(str(sources / r["key"]).encode() for r in rows))
+    results = []
+    seconds, peak, out = measured(task("build_new", directory, str(n)), repeat)
+    facts = orjson.loads(out.strip().splitlines()[-1])
+    results.append(Measure("build new file (JSON + JSONL + manifest)", n, seconds, peak,
+                           f"{facts['fetched']} fetched; JSON {facts['json_bytes'] / 1e6:.0f} MB,"
+                           f" JSONL {facts['jsonl_bytes'] / 1e6:.0f} MB"))
+    seconds, peak, out = measured(task("add_80", directory, str(n)), repeat)
+    facts = orjson.loads(out.strip().splitlines()[-1])
+    results.append(Measure("add 80 to the file", n, seconds, peak,
+                           f"{facts['fetched']} sources fetched"))
+    seconds, peak, _ = measured(task("copy_previous", directory, str(n)), repeat)
+    results.append(Measure("floor of an add: copy previous JSON + JSONL", n, seconds, peak))
+    naive_repeat = 1 if n >= 10000 else repeat
+    seconds, peak, _ = measured(task("naive", directory, str(n)), naive_repeat)
+    results.append(Measure("naive baseline (load all, json.dump indent=2)", n, seconds, peak,
+                           f"{naive_repeat} run(s)"))
+    if shutil.which("jq"):
+        seconds, peak, _ = measured(
+            ["xargs", "-0", "-a", str(file_list), "jq", "-c", f"'{JQ_PROGRAM}'", ">", "/dev/null"],
+            repeat, shell=True)
+        results.append(Measure("jq -c JSONL pass", n, seconds, peak))
+    seconds, peak, _ = measured(["xargs", "-0", "-a", str(file_list), "cat", ">", "/dev/null"],
+                                repeat, shell=True)
+    results.append(Measure("floor: cat the sources", n, seconds, peak))
+    seconds, peak, _ = measured(task("orjson_floor", directory, str(n)), repeat)
+    results.append(Measure("floor: orjson JSONL pass, one file at a time", n, seconds, peak))
+    return results
+
+
+def bench_s3(repeat: int) -> Measure:
+    """80 fetches from a moto S3 server over HTTP, 20 ms added per request."""
+    from moto.server import ThreadedMotoServer
+
+    import boto3
+
+    directory = generate(80)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client.create_bucket(Bucket="conversation-files")
+        for row in orjson.loads((directory / "rows.json").read_bytes())[:80]:
+            client.upload_file(str(directory / "storage" / "conversation-files" / row["key"]),
+                               "conversation-files", row["key"])
+        fetch_times = []
+        peaks = []
+        for _ in range(repeat):
+            _, peak, out = measured(task("s3_fetch_80", directory, endpoint), 1)
+            fetch_times.append(orjson.loads(out.strip().splitlines()[-1])["fetch_seconds"])
+            peaks.append(peak)
+    finally:
+        server.stop()
+    return Measure("80 S3 fetches, 20 ms latency each, 16 in flight", 80,
+                   statistics.median(fetch_times), statistics.median(peaks),
+                   "fetch time inside the process")
+
+
+def bench_request(repeat: int) -> list[Measure]:
+    """A request of 80 on the demo setup, claim to published, through Dagster and without it."""
+    script = ROOT / "request80.py"
+    results = []
+    for mode in ("dagster", "direct"):
+        times = []
+        peaks = []
+        for _ in range(repeat):
+            with tempfile.TemporaryDirectory(prefix="brightrun-bench-") as home:
+                _, peak, out = measured([sys.executable, str(script), home, mode], 1)
+                times.append(float(out.strip().splitlines()[-1]))
+                peaks.append(peak)
+        label = ("request of 80, claim → published (Dagster run in-process)" if mode == "dagster"
+                 else "request of 80, claim → published (service only, no Dagster)")
+        results.append(Measure(label, 80, statistics.median(times), statistics.median(peaks),
+                               "time inside the process"))
+    return results
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), "
+            f"{memory:.0f} GiB RAM, Python {platform.python_version()}")
+
+
+def render(results: list[Measure], repeat: int) -> str:
+    lines = [
+        "# Performance",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
+        f"Each row is the median of {repeat} runs in fresh processes (wall time; peak RSS of the "
+        "process tree), data from the demo generator (~70 kB per enriched file). Reproduce with "
+        "`make bench`.",
+        "",
+        "| task | N | seconds | peak RSS (MB) | note |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for m in results:
+        lines.append(f"| {m.name} | {m.n:,} | {m.seconds:.2f} | {m.peak_mb:.0f} | {m.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="80,1000,10000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=REPORT)
+    args = parser.parse_args()
+    results: list[Measure] = []
+    for n in (int(size) for size in args.sizes.split(",")):
+        print(f"N = {n} …", flush=True)
+        results.extend(bench_size(n, args.repeat))
+    results.append(bench_s3(args.repeat))
+    results.extend(bench_request(args.repeat))
+    table = render(results, args.repeat)
+    print(table)
+    args.output.write_text(table + _analysis(results), encoding="utf-8")
+    print(f"wrote {args.output}")
+
+
+def _analysis(results: list[Measure]) -> str:
+    by = {(m.name, m.n): m for m in results}
+    out = ["", "## Goals", ""]
+    for n in sorted({m.n for m in results if m.name.startswith("build new")}):
+        build = by[("build new file (JSON + JSONL + manifest)", n)]
+        floor = by[("floor: orjson JSONL pass, one file at a time", n)]
+        naive = by[("naive baseline (load all, json.dump indent=2)", n)]
+        add = by[("add 80 to the file", n)]
+        copy = by[("floor of an add: copy previous JSON + JSONL", n)]
+        out.append(f"- N = {n:,}: build {build.seconds / floor.seconds:.2f}× the orjson floor, "
+                   f"{naive.seconds / build.seconds:.1f}× faster than naive, peak "
+                   f"{build.peak_mb:.0f} MB (naive {naive.peak_mb:.0f} MB); add 80 = "
+                   f"{add.seconds / copy.seconds:.2f}× the copy floor ({add.note}).")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
