@@ -50,7 +50,7 @@ def build_new(data: Path, n: int) -> None:
     store = CountingStore(data / "storage")
     store.ensure_bucket("training-files")
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 1, PUBLISHED, "request", None, [], None,
-                     None, None, _incoming(data, 0, n), replace_leftovers=True)
+                     None, None, _incoming(data, 0, n))
     built = build_version(spec, lambda: [], sources=store, source_bucket="conversation-files",
                           outputs=store, output_bucket="training-files", concurrency=16,
                           retry=RetrySettings())
@@ -69,7 +69,7 @@ def add_80(data: Path, n: int) -> None:
                                built.body_start, built.body_end)
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 2, PUBLISHED, "request", None, [],
                      built.vertical, built.consultant_profile, previous,
-                     _incoming(data, n, 80), replace_leftovers=True)
+                     _incoming(data, n, 80))
     members = built.added_members
     result = build_version(spec, lambda: members, sources=store,
                            source_bucket="conversation-files", outputs=store,

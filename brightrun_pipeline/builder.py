@@ -24,7 +24,7 @@ import orjson
 
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.db.repository import MemberRecord
-from brightrun_pipeline.errors import ProcessingFailed, RequestRejected
+from brightrun_pipeline.errors import ObjectExists, ProcessingFailed, RequestRejected, StaleVersion
 from brightrun_pipeline.models import (
     FORMAT_SPEC,
     FORMAT_VERSION,
@@ -41,7 +41,7 @@ from brightrun_pipeline.rules import quality_tier
 from brightrun_pipeline.sources import ParsedSource, fetch_sources, parse_source
 from brightrun_pipeline.storage import ObjectStore
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 BLOCK_START = b"    {\n"
 BODY_OPEN = b',\n  "conversations": [\n'
 BODY_CLOSE = b"\n  ]\n}"
@@ -114,7 +114,6 @@ class BuildSpec:
     previous: PreviousVersion | None
     additions: list[IncomingConversation]
     rebuilds: list[IncomingConversation] = field(default_factory=list)
-    replace_leftovers: bool = True
 
 
 @dataclass(frozen=True)
@@ -249,6 +248,21 @@ class _Totals:
             human_reviewed_percentage=(
                 round(100 * self.human_reviewed / self.pairs, 2) if self.pairs else 0.0),
         )
+
+
+def copy_verified_prefix(raw: BinaryIO, out: HashingWriter, expected_sha256: str,
+                         expected_size: int, label: str) -> None:
+    """Copy a whole previous object to the start of `out`, checking it against its recorded hash.
+
+    The output's running hash after the copy is the previous object's hash, so the check costs
+    no second pass over the bytes.
+    """
+    assert out.size == 0
+    while chunk := raw.read(CHUNK):
+        out.write(chunk)
+    if out.size != expected_size or out.hash.copy().hexdigest() != expected_sha256:
+        raise ProcessingFailed(
+            f"{label} does not match its recorded sha256/size; refusing to build on it")
 
 
 def _indent(document: Any, depth: int) -> bytes:
@@ -406,8 +420,12 @@ def build_version(
     output_bucket: str,
     concurrency: int,
     retry: RetrySettings,
+    is_published: Callable[[], bool] = lambda: False,
 ) -> BuiltVersion:
     """Build and write training.json, training.jsonl and manifest.json of `spec.version`.
+
+    Objects already at the version's keys are replaced only while `is_published()` says the
+    version is not published: they are leftovers of an earlier failed attempt.
 
     `members` yields the conversations already in the file, in file order (the database's view of
     version N). Nothing is published here: the objects are written, the caller checks and commits.
@@ -423,8 +441,14 @@ def build_version(
                            source_bucket=source_bucket, outputs=outputs,
                            output_bucket=output_bucket, concurrency=concurrency, retry=retry)
         for name in ("training.json", "training.jsonl", "manifest.json"):
-            outputs.put_file(output_bucket, keys[name], work / name,
-                             replace=spec.replace_leftovers)
+            try:
+                outputs.put_file(output_bucket, keys[name], work / name)
+            except ObjectExists as exc:
+                if is_published():
+                    raise StaleVersion(
+                        f"version {spec.version} of training file {tid} was published by "
+                        "another build; this build is stale") from exc
+                outputs.put_file(output_bucket, keys[name], work / name, replace=True)
         return built
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -446,6 +470,15 @@ def _build(
 ) -> BuiltVersion:
     spool = stack.enter_context(open(work / "spool", "w+b"))
     rebuild_ids = {c.conversation_id for c in spec.rebuilds}
+    jsonl_out = HashingWriter(stack.enter_context(open(work / "training.jsonl", "wb")))
+    # Appending only (the usual case): the JSONL is final as soon as each conversation is read,
+    # and the spool holds exactly the bytes that follow the previous body in training.json.
+    appending = not rebuild_ids
+    previous = spec.previous
+    if appending and previous is not None:
+        with outputs.open_read(output_bucket, previous.jsonl_key) as raw:
+            copy_verified_prefix(raw, jsonl_out, previous.jsonl_sha256, previous.jsonl_size,
+                                 f"training.jsonl of version {previous.version}")
     profile = spec.consultant_profile
     vertical = spec.vertical
     processed: dict[str, _Processed] = {}
@@ -474,6 +507,13 @@ def _build(
         else:
             added_in = conversation.added_in_version or spec.version
         block, lines, member = block_and_lines(source, conversation, added_in, spec.version)
+        if appending:
+            if previous is not None or processed:
+                spool.write(BLOCK_SEPARATOR)
+            spool.write(block)
+            jsonl_out.write(lines)
+            processed[conversation.conversation_id] = _Processed(member, 0, 0, 0, 0)
+            continue
         block_offset = spool.tell()
         spool.write(block)
         lines_offset = spool.tell()
@@ -545,11 +585,9 @@ def _build(
 
     # training.json and training.jsonl
     json_out = HashingWriter(stack.enter_context(open(work / "training.json", "wb")))
-    jsonl_out = HashingWriter(stack.enter_context(open(work / "training.jsonl", "wb")))
     json_out.write(_document_prefix(metadata, profile))
     body_start = json_out.size
     wrote_block = False
-    previous = spec.previous
     if previous is not None:
         with outputs.open_read(output_bucket, previous.json_key) as raw:
             reader = VerifyingReader(raw, expected_sha256=previous.json_sha256,
@@ -557,7 +595,7 @@ def _build(
                                      label=f"training.json of version {previous.version}")
             reader.skip(previous.body_start)
             body_length = previous.body_end - previous.body_start
-            if not rebuild_ids:
+            if appending:
                 reader.copy_to(json_out, body_length)
             else:
                 for index, (cid, block) in enumerate(iter_blocks(reader, body_length)):
@@ -568,29 +606,31 @@ def _build(
                                    else spooled(fresh.block_offset, fresh.block_length))
             reader.finish()
             wrote_block = True
+    if appending:
+        spool.seek(0)
+        while chunk := spool.read(CHUNK):
+            json_out.write(chunk)
+    elif previous is not None:
         with outputs.open_read(output_bucket, previous.jsonl_key) as raw:
             reader = VerifyingReader(raw, expected_sha256=previous.jsonl_sha256,
                                      expected_size=previous.jsonl_size,
                                      label=f"training.jsonl of version {previous.version}")
-            if not rebuild_ids:
-                reader.copy_to(jsonl_out, previous.jsonl_size)
-            else:
-                groups = _iter_line_groups(reader)
-                for member in members():
-                    previous_lines = b""
-                    if member.trainable_pair_count:
-                        group_cid, previous_lines = next(groups, ("", b""))
-                        if group_cid != member.conversation_id:
-                            raise ProcessingFailed(
-                                f"training.jsonl of version {previous.version} is out of step "
-                                f"with its membership at conversation {member.conversation_id}")
-                    fresh = processed.get(member.conversation_id)
-                    if member.conversation_id in rebuild_ids and fresh is not None:
-                        jsonl_out.write(spooled(fresh.lines_offset, fresh.lines_length))
-                    else:
-                        jsonl_out.write(previous_lines)
+            groups = _iter_line_groups(reader)
+            for member in members():
+                previous_lines = b""
+                if member.trainable_pair_count:
+                    group_cid, previous_lines = next(groups, ("", b""))
+                    if group_cid != member.conversation_id:
+                        raise ProcessingFailed(
+                            f"training.jsonl of version {previous.version} is out of step "
+                            f"with its membership at conversation {member.conversation_id}")
+                fresh = processed.get(member.conversation_id)
+                if member.conversation_id in rebuild_ids and fresh is not None:
+                    jsonl_out.write(spooled(fresh.lines_offset, fresh.lines_length))
+                else:
+                    jsonl_out.write(previous_lines)
             reader.finish()
-    for conversation in spec.additions:
+    for conversation in spec.additions if not appending else ():
         fresh = processed[conversation.conversation_id]
         if wrote_block:
             json_out.write(BLOCK_SEPARATOR)

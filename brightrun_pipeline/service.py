@@ -314,6 +314,8 @@ class Pipeline:
             output_bucket=self.training_bucket,
             concurrency=self.fetch_concurrency,
             retry=self.retry,
+            is_published=lambda: self.db.get_version(spec.training_file_id,
+                                                     spec.version) is not None,
         )
 
     def publish(self, plan: VersionPlan, built: BuiltVersion) -> VersionRecord:

@@ -45,6 +45,7 @@ from brightrun_pipeline.errors import (
     ProcessingFailed,
     RequestRejected,
     SourceError,
+    StaleVersion,
     TransientStorageError,
 )
 from brightrun_pipeline.service import Pipeline
@@ -575,3 +576,41 @@ def test_a_tampered_previous_version_is_not_built_upon(
     request = pipeline.db.get_request(request_id)
     assert request is not None and request.status == "failed"
     assert_still_at(pipeline, tid, 1, rows[:2])
+
+
+# --- Leftovers and stale writers ----------------------------------------------------------------
+
+
+def test_leftovers_of_a_failed_attempt_are_replaced(
+        pipeline: Pipeline, rows: list[DemoConversation]) -> None:
+    tid = create_file(pipeline, rows[:2]).training_file_id
+    plan = pipeline.start(claimed_request(pipeline, rows[2:4], training_file=tid), "run-2")
+    for name in OBJECT_NAMES:
+        pipeline.store.put_bytes(pipeline.training_bucket, f"{tid}/v2/{name}", b"half-written")
+
+    built = pipeline.build(plan)
+
+    data = pipeline.store.get_bytes(pipeline.training_bucket, f"{tid}/v2/training.json")
+    assert hashlib.sha256(data).hexdigest() == built.json.sha256
+
+
+def test_a_stale_build_never_overwrites_a_published_version(
+        pipeline: Pipeline, rows: list[DemoConversation]) -> None:
+    tid = create_file(pipeline, rows[:2]).training_file_id
+    stale = pipeline.start(claimed_request(pipeline, rows[2:3], training_file=tid), "run-a")
+    winner = add_to_file(pipeline, tid, rows[3:4])
+    assert winner.version == 2
+    published = [pipeline.store.get_bytes(pipeline.training_bucket, f"{tid}/v2/{name}")
+                 for name in OBJECT_NAMES]
+
+    with pytest.raises(StaleVersion):
+        # The database says version 2 exists by the time this build writes its objects.
+        build_version(stale.spec, lambda: pipeline.db.iter_members(tid), sources=pipeline.store,
+                      source_bucket=pipeline.source_bucket, outputs=pipeline.store,
+                      output_bucket=pipeline.training_bucket, concurrency=2,
+                      retry=RetrySettings(attempts=1), is_published=lambda: True)
+
+    assert [pipeline.store.get_bytes(pipeline.training_bucket, f"{tid}/v2/{name}")
+            for name in OBJECT_NAMES] == published
+    with pytest.raises(ProcessingFailed, match="already published"):
+        pipeline.build(stale)

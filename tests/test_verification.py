@@ -137,6 +137,9 @@ TAMPERS: dict[str, tuple[str, Callable[[bytes], bytes], set[str]]] = {
 }
 
 
+# The checks read objects; the database only gives the membership, which the good build above
+# covers on both backends.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("case", list(TAMPERS))
 def test_each_check_catches_its_tampering(pipeline: Pipeline, built: BuiltVersion,
                                           case: str) -> None:
