@@ -7,6 +7,7 @@ reads its peak RSS from the OS.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import pickle
 import sys
@@ -52,7 +53,7 @@ def build_new(data: Path, n: int) -> None:
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 1, PUBLISHED, "request", None, [], None,
                      None, None, _incoming(data, 0, n))
     built = build_version(spec, lambda: [], sources=store, source_bucket="conversation-files",
-                          outputs=store, output_bucket="training-files", concurrency=16,
+                          outputs=store, output_bucket="training-files", concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")),
                           retry=RetrySettings())
     # Kept for the incremental task: where version 1 is and what it holds.
     (data / "v1.pickle").write_bytes(pickle.dumps(built))
@@ -73,7 +74,7 @@ def add_80(data: Path, n: int) -> None:
     members = built.added_members
     result = build_version(spec, lambda: members, sources=store,
                            source_bucket="conversation-files", outputs=store,
-                           output_bucket="training-files", concurrency=16, retry=RetrySettings())
+                           output_bucket="training-files", concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")), retry=RetrySettings())
     for key in (result.json.key, result.jsonl.key, result.manifest.key):
         store.delete("training-files", key)
     print(json.dumps({"fetched": CountingStore.fetched}))
@@ -150,7 +151,7 @@ def s3_fetch_80(data: Path, endpoint: str) -> None:
     started = time.perf_counter()
     fetched = list(fetch_sources(store, "conversation-files",
                                  [(r["conversation_id"], r["key"]) for r in rows],
-                                 concurrency=16, retry=RetrySettings()))
+                                 concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")), retry=RetrySettings()))
     elapsed = time.perf_counter() - started
     assert all(f.data is not None for f in fetched)
     digest = hashlib.sha256(b"".join(f.data or b"" for f in fetched)).hexdigest()

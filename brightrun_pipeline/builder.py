@@ -14,6 +14,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from brightrun_pipeline.sources import ParsedSource, fetch_sources, parse_source
 from brightrun_pipeline.storage import ObjectStore
 
 CHUNK = 4 << 20
+BACKGROUND_HASH_MIN = 256 << 10
 BLOCK_START = b"    {\n"
 BODY_OPEN = b',\n  "conversations": [\n'
 BODY_CLOSE = b"\n  ]\n}"
@@ -137,18 +139,50 @@ class BuiltVersion:
     rebuilt_members: list[MemberRecord]
 
 
+class _BackgroundHash:
+    """sha256 whose large updates run on a helper thread (hashlib releases the GIL), so hashing
+    overlaps with the file I/O of the thread that feeds it. Updates stay in order."""
+
+    _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="brightrun-hash")
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._pending: Future[None] | None = None
+
+    def update(self, data: bytes) -> None:
+        """Add bytes (never mutated afterwards) to the hash."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+        if len(data) >= BACKGROUND_HASH_MIN:
+            self._pending = self._pool.submit(self._hash.update, data)
+        else:
+            self._hash.update(data)
+
+    def snapshot(self) -> hashlib._Hash:
+        """A copy of the hash state once every update so far is applied."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+        return self._hash.copy()
+
+    def hexdigest(self) -> str:
+        """The digest of everything added so far."""
+        return self.snapshot().hexdigest()
+
+
 class HashingWriter:
     """A binary file writer that hashes and counts what it writes."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
-        self.hash = hashlib.sha256()
+        self.hash = _BackgroundHash()
         self.size = 0
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes) -> None:
         """Write bytes, updating hash and size."""
-        self.raw.write(data)
         self.hash.update(data)
+        self.raw.write(data)
         self.size += len(data)
 
     def result(self, key: str) -> ManifestObject:
@@ -161,7 +195,7 @@ class VerifyingReader:
 
     def __init__(self, raw: BinaryIO, *, expected_sha256: str, expected_size: int, label: str):
         self.raw = raw
-        self.hash = hashlib.sha256()
+        self.hash = _BackgroundHash()
         self.size = 0
         self.expected_sha256 = expected_sha256
         self.expected_size = expected_size
@@ -260,7 +294,7 @@ def copy_verified_prefix(raw: BinaryIO, out: HashingWriter, expected_sha256: str
     assert out.size == 0
     while chunk := raw.read(CHUNK):
         out.write(chunk)
-    if out.size != expected_size or out.hash.copy().hexdigest() != expected_sha256:
+    if out.size != expected_size or out.hash.hexdigest() != expected_sha256:
         raise ProcessingFailed(
             f"{label} does not match its recorded sha256/size; refusing to build on it")
 

@@ -82,6 +82,8 @@ def daemon(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        # The daemon's code server runs in a session of its own; its command line names this home.
+        subprocess.run(["pkill", "-f", str(home)], check=False)
         log.close()
         database.dispose()
 

@@ -232,7 +232,10 @@ class Database:
             condition = sa.and_(catalog.c.enrichment_status == "completed",
                                 catalog.c.enriched_file_path.is_not(None))
             query = query.where(condition if eligible else sa.not_(condition))
-        order = catalog.c[sort]
+        order: sa.ColumnElement[Any] = catalog.c[sort]
+        if sort in ("created_at", "updated_at") and self.engine.dialect.name == "sqlite":
+            # Text in any ISO-8601 form: compare the instants it denotes.
+            order = sa.func.julianday(order)
         # Missing values go last either way, on SQLite and PostgreSQL alike (their defaults differ).
         query = query.order_by((order.desc() if descending else order.asc()).nulls_last(),
                                catalog.c.conversation_id.asc())

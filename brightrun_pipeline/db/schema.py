@@ -180,11 +180,15 @@ OWNED_TABLES = (training_files, training_file_versions, training_file_conversati
 CATALOG_VIEW = "conversation_catalog"
 
 # Batch ID of a conversation: the batch job of its earliest batch item (ties broken by item id).
-CATALOG_VIEW_SQL = f"""
+def catalog_view_sql(dialect: str) -> str:
+    """The view's DDL. SQLite keeps timestamps as text in whatever ISO-8601 form a client wrote
+    (`Z`, `+02:00`, a space for `T`), so there the earliest item is found by instant, not by text."""
+    created = "julianday(bi.created_at)" if dialect == "sqlite" else "bi.created_at"
+    return f"""
 CREATE VIEW {CATALOG_VIEW} AS
 SELECT c.*,
        (SELECT bi.batch_job_id FROM batch_items bi
          WHERE bi.conversation_id = c.conversation_id
-         ORDER BY bi.created_at, bi.id LIMIT 1) AS batch_id
+         ORDER BY {created}, bi.id LIMIT 1) AS batch_id
 FROM conversations c
 """

@@ -9,10 +9,10 @@ from alembic import op
 
 from brightrun_pipeline.db.schema import (
     CATALOG_VIEW,
-    CATALOG_VIEW_SQL,
     OWNED_TABLES,
     SOURCE_INDEXES,
     SOURCE_TABLES,
+    catalog_view_sql,
 )
 
 revision = "0001_initial"
@@ -36,7 +36,7 @@ def upgrade() -> None:
     for table in OWNED_TABLES:
         table.create(bind, checkfirst=True)
     if CATALOG_VIEW not in set(sa.inspect(bind).get_view_names()):
-        op.execute(CATALOG_VIEW_SQL)
+        op.execute(catalog_view_sql(bind.dialect.name))
 
 
 def downgrade() -> None:
