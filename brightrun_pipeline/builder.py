@@ -31,7 +31,6 @@ from brightrun_pipeline.models import (
     FORMAT_VERSION,
     JSONL_FIELDS,
     ConversationBlockMetadata,
-    ManifestConversation,
     ManifestObject,
     QualitySummary,
     Scaffolding,
@@ -39,7 +38,7 @@ from brightrun_pipeline.models import (
     TrainingFileMetadata,
 )
 from brightrun_pipeline.rules import quality_tier
-from brightrun_pipeline.sources import ParsedSource, fetch_sources, parse_source
+from brightrun_pipeline.sources import FetchedSource, ParsedSource, fetch_sources, parse_source
 from brightrun_pipeline.storage import ObjectStore
 
 CHUNK = 4 << 20
@@ -172,22 +171,49 @@ class _BackgroundHash:
 
 
 class HashingWriter:
-    """A binary file writer that hashes and counts what it writes."""
+    """A binary file writer that hashes and counts what it writes.
+
+    Small writes are gathered into large ones, so hashing (on a helper thread) overlaps with the
+    serialization and I/O of the caller.
+    """
 
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
         self.hash = _BackgroundHash()
         self.size = 0
+        self._buffer: list[bytes] = []
+        self._buffered = 0
 
     def write(self, data: bytes) -> None:
         """Write bytes, updating hash and size."""
-        self.hash.update(data)
-        self.raw.write(data)
         self.size += len(data)
+        if len(data) >= BACKGROUND_HASH_MIN:
+            self.flush()
+            self.hash.update(data)
+            self.raw.write(data)
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the gathered small writes to the file and the hash."""
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            self._buffered = 0
+            self.hash.update(data)
+            self.raw.write(data)
+
+    def hexdigest(self) -> str:
+        """The sha256 of everything written so far."""
+        self.flush()
+        return self.hash.hexdigest()
 
     def result(self, key: str) -> ManifestObject:
         """The key, sha256 and size of what was written."""
-        return ManifestObject(key=key, sha256=self.hash.hexdigest(), size=self.size)
+        return ManifestObject(key=key, sha256=self.hexdigest(), size=self.size)
 
 
 class VerifyingReader:
@@ -294,7 +320,7 @@ def copy_verified_prefix(raw: BinaryIO, out: HashingWriter, expected_sha256: str
     assert out.size == 0
     while chunk := raw.read(CHUNK):
         out.write(chunk)
-    if out.size != expected_size or out.hash.hexdigest() != expected_sha256:
+    if out.size != expected_size or out.hexdigest() != expected_sha256:
         raise ProcessingFailed(
             f"{label} does not match its recorded sha256/size; refusing to build on it")
 
@@ -444,6 +470,28 @@ def _iter_line_groups(reader: VerifyingReader) -> Iterator[tuple[str, bytes]]:
         yield current, b"".join(group)
 
 
+@dataclass(frozen=True)
+class Serialized:
+    """One source, read and serialized: its block, its JSONL lines and its facts."""
+
+    conversation_id: str
+    block: bytes
+    lines: bytes
+    member: MemberRecord
+    consultant_profile: dict[str, Any]
+    vertical: str
+
+
+def serialize_source(fetched: FetchedSource, conversation: IncomingConversation, added_in: int,
+                     version: int) -> Serialized:
+    """Validate one fetched source and serialize it."""
+    source = parse_source(fetched)
+    block, lines, member = block_and_lines(source, conversation, added_in, version)
+    return Serialized(conversation.conversation_id, block, lines, member,
+                      source.document["consultant_profile"],
+                      source.document["dataset_metadata"]["vertical"])
+
+
 def build_version(
     spec: BuildSpec,
     members: Callable[[], Iterable[MemberRecord]],
@@ -523,24 +571,28 @@ def _build(
         previous_members = {m.conversation_id: m for m in members()
                             if m.conversation_id in rebuild_ids}
     ineligible: dict[str, str] = {}
-    for fetched in fetch_sources(sources, source_bucket, wanted,
-                                 concurrency=concurrency, retry=retry):
-        source = parse_source(fetched)
-        document_profile = source.document["consultant_profile"]
+
+    def added_in_of(conversation: IncomingConversation) -> int:
+        if conversation.conversation_id in rebuild_ids:
+            return previous_members[conversation.conversation_id].added_in_version
+        return conversation.added_in_version or spec.version
+
+    fetched_sources = fetch_sources(sources, source_bucket, wanted, concurrency=concurrency,
+                                    retry=retry)
+    jobs = ((fetched, incoming[fetched.conversation_id],
+             added_in_of(incoming[fetched.conversation_id]), spec.version)
+            for fetched in fetched_sources)
+    for item in (serialize_source(*job) for job in jobs):
         if profile is None:
-            profile = document_profile
-            vertical = source.document["dataset_metadata"]["vertical"]
-        elif document_profile != profile:
-            ineligible[source.conversation_id] = (
-                f"its consultant ({document_profile.get('name')!r}) differs from the "
+            profile = item.consultant_profile
+            vertical = item.vertical
+        elif item.consultant_profile != profile:
+            ineligible[item.conversation_id] = (
+                f"its consultant ({item.consultant_profile.get('name')!r}) differs from the "
                 f"training file's ({profile.get('name')!r})")
             continue
-        conversation = incoming[source.conversation_id]
-        if conversation.conversation_id in rebuild_ids:
-            added_in = previous_members[conversation.conversation_id].added_in_version
-        else:
-            added_in = conversation.added_in_version or spec.version
-        block, lines, member = block_and_lines(source, conversation, added_in, spec.version)
+        conversation = incoming[item.conversation_id]
+        block, lines, member = item.block, item.lines, item.member
         if appending:
             if previous is not None or processed:
                 spool.write(BLOCK_SEPARATOR)
@@ -576,14 +628,14 @@ def _build(
     def record(member: MemberRecord) -> None:
         nonlocal first_entry
         totals.add(member)
-        entry = ManifestConversation(
-            conversation_id=member.conversation_id, batch_id=member.batch_id,
-            source_key=member.source_key, source_sha256=member.source_sha256,
-            pair_count=member.pair_count, added_in_version=member.added_in_version)
+        # Field order of ManifestConversation; a plain dict keeps this per-member step cheap.
+        entry = {"conversation_id": member.conversation_id, "batch_id": member.batch_id,
+                 "source_key": member.source_key, "source_sha256": member.source_sha256,
+                 "pair_count": member.pair_count, "added_in_version": member.added_in_version}
         if not first_entry:
             manifest_entries.write(BLOCK_SEPARATOR)
         first_entry = False
-        manifest_entries.write(_indent(entry.model_dump(mode="json"), 2))
+        manifest_entries.write(_indent(entry, 2))
 
     for member in members() if spec.previous is not None else ():
         position = member.position

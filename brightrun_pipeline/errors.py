@@ -56,6 +56,10 @@ class SourceError(ProcessingFailed):
         self.conversation_id = conversation_id
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Raised in worker processes too: rebuild it from its own arguments when unpickled.
+        return (SourceError, (self.conversation_id, self.reason))
+
 
 class StaleVersion(ProcessingFailed):
     """Another build published first: this build's base version is no longer current."""

@@ -75,6 +75,7 @@ def fetch_sources(
             return FetchedSource(conversation_id, key, None, exc)
         return FetchedSource(conversation_id, key, data, None)
 
+    concurrency = min(concurrency, store.max_useful_concurrency or concurrency)
     window = max(1, concurrency) * 2
     with ThreadPoolExecutor(max_workers=max(1, concurrency),
                             thread_name_prefix="brightrun-fetch") as pool:

@@ -137,6 +137,9 @@ def _same_stream(first: BinaryIO, second: BinaryIO) -> bool:
 class ObjectStore(ABC):
     """Buckets of write-once objects addressed by validated keys."""
 
+    # Reads worth having in flight at once; None means as many as the caller asks for.
+    max_useful_concurrency: int | None = None
+
     @abstractmethod
     def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket unless it already exists."""
@@ -186,6 +189,9 @@ class LocalObjectStore(ObjectStore):
     key cannot be both an object and the prefix directory of another key, and listings show
     regular files only (symlinks are never followed).
     """
+
+    # Reads come from the page cache or a local disk: more threads only contend for the GIL.
+    max_useful_concurrency = 2
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
