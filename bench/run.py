@@ -53,7 +53,7 @@ class Measure:
 def generate(n: int) -> Path:
     """n + 80 conversations (the extra 80 are added incrementally) with a rows index."""
     directory = DATA / f"n{n}"
-    if (directory / "rows.json").exists():
+    if (directory / "rows.jsonl").exists():
         return directory
     shutil.rmtree(directory, ignore_errors=True)
     sources = directory / "storage" / "conversation-files"
@@ -69,7 +69,9 @@ def generate(n: int) -> Path:
             "persona_key": row["persona_key"], "emotional_arc_key": row["emotional_arc_key"],
             "topic_key": row["topic_key"], "created_at": row["created_at"].isoformat(),
             "updated_at": row["updated_at"].isoformat()})
-    (directory / "rows.json").write_bytes(orjson.dumps(rows))
+    with open(directory / "rows.jsonl", "wb") as out:
+        for row in rows:
+            out.write(orjson.dumps(row) + b"\n")
     return directory
 
 
@@ -101,7 +103,8 @@ def task(name: str, directory: Path, argument: str) -> list[str]:
 def bench_size(n: int, repeat: int) -> list[Measure]:
     """Every row of the table for one data set size."""
     directory = generate(n)
-    rows = orjson.loads((directory / "rows.json").read_bytes())[:n]
+    with open(directory / "rows.jsonl", "rb") as lines:
+        rows = [orjson.loads(line) for _, line in zip(range(n), lines, strict=False)]
     sources = directory / "storage" / "conversation-files"
     file_list = directory / "files.txt"
     file_list.write_bytes(b"\0".join(str(sources / r["key"]).encode() for r in rows))
@@ -151,7 +154,8 @@ def bench_s3(repeat: int) -> Measure:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="bench", aws_secret_access_key="bench")
         client.create_bucket(Bucket="conversation-files")
-        for row in orjson.loads((directory / "rows.json").read_bytes())[:80]:
+        for row in [orjson.loads(line) for line in
+                    (directory / "rows.jsonl").read_bytes().splitlines()[:80]]:
             client.upload_file(str(directory / "storage" / "conversation-files" / row["key"]),
                                "conversation-files", row["key"])
         fetch_times = []

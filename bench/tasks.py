@@ -7,18 +7,22 @@ reads its peak RSS from the OS.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import json
 import pickle
 import sys
 import time
 from datetime import UTC, datetime
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import orjson
 
 from brightrun_pipeline.builder import BuildSpec, IncomingConversation, PreviousVersion, build_version
 from brightrun_pipeline.config import RetrySettings
+from brightrun_pipeline.db.repository import MemberRecord
 from brightrun_pipeline.models import JSONL_FIELDS
 from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
 
@@ -36,8 +40,14 @@ class CountingStore(LocalObjectStore):
         return super().get_bytes(bucket, key)
 
 
+def _rows(data: Path, first: int, count: int) -> list[dict]:
+    """Rows first..first+count of the data set, read line by line (never the whole index)."""
+    with open(data / "rows.jsonl", "rb") as lines:
+        return [orjson.loads(line) for line in itertools.islice(lines, first, first + count)]
+
+
 def _incoming(data: Path, first: int, count: int) -> list[IncomingConversation]:
-    rows = orjson.loads((data / "rows.json").read_bytes())[first:first + count]
+    rows = _rows(data, first, count)
     return [IncomingConversation(
         conversation_id=r["conversation_id"], batch_id=r["batch_id"], source_key=r["key"],
         quality_score=r["quality_score"], persona_key=r["persona_key"],
@@ -55,8 +65,13 @@ def build_new(data: Path, n: int) -> None:
     built = build_version(spec, lambda: [], sources=store, source_bucket="conversation-files",
                           outputs=store, output_bucket="training-files", concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")),
                           retry=RetrySettings())
-    # Kept for the incremental task: where version 1 is and what it holds.
-    (data / "v1.pickle").write_bytes(pickle.dumps(built))
+    # Kept for the incremental task: where version 1 is, and its membership rows (streamed back
+    # one at a time, as the database does).
+    (data / "v1.pickle").write_bytes(pickle.dumps(
+        replace(built, added_members=[], spec=replace(built.spec, additions=[]))))
+    with open(data / "v1-members.jsonl", "wb") as out:
+        for member in built.added_members:
+            out.write(orjson.dumps(asdict(member), default=str) + b"\n")
     print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": built.json.size,
                       "jsonl_bytes": built.jsonl.size}))
 
@@ -71,8 +86,14 @@ def add_80(data: Path, n: int) -> None:
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 2, PUBLISHED, "request", None, [],
                      built.vertical, built.consultant_profile, previous,
                      _incoming(data, n, 80))
-    members = built.added_members
-    result = build_version(spec, lambda: members, sources=store,
+    def members() -> Iterator[MemberRecord]:
+        with open(data / "v1-members.jsonl", "rb") as lines:
+            for line in lines:
+                values = orjson.loads(line)
+                values["source_updated_at"] = datetime.fromisoformat(values["source_updated_at"])
+                yield MemberRecord(**values)
+
+    result = build_version(spec, members, sources=store,
                            source_bucket="conversation-files", outputs=store,
                            output_bucket="training-files", concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")), retry=RetrySettings())
     print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": result.json.size}))
@@ -91,7 +112,7 @@ def copy_previous(data: Path, n: int) -> None:
 
 def naive(data: Path, n: int) -> None:
     """The original algorithm: load every source, one dict, json.dump(indent=2), JSONL in memory."""
-    rows = orjson.loads((data / "rows.json").read_bytes())[:n]
+    rows = _rows(data, 0, n)
     root = data / "storage" / "conversation-files"
     conversations = []
     for row in rows:
@@ -119,7 +140,7 @@ def naive(data: Path, n: int) -> None:
 
 def orjson_floor(data: Path, n: int) -> None:
     """The floor: load each source with orjson and write its trainable pairs as JSONL."""
-    rows = orjson.loads((data / "rows.json").read_bytes())[:n]
+    rows = _rows(data, 0, n)
     root = data / "storage" / "conversation-files"
     with open(data / "floor.jsonl", "wb") as out:
         for row in rows:
@@ -145,7 +166,7 @@ def s3_fetch_80(data: Path, endpoint: str) -> None:
                           aws_access_key_id="bench", aws_secret_access_key="bench")
     client.meta.events.register("before-send.s3.GetObject", lambda **_: time.sleep(0.02))
     store: ObjectStore = S3ObjectStore(client)
-    rows = orjson.loads((data / "rows.json").read_bytes())[:80]
+    rows = _rows(data, 0, 80)
     started = time.perf_counter()
     fetched = list(fetch_sources(store, "conversation-files",
                                  [(r["conversation_id"], r["key"]) for r in rows],

@@ -65,7 +65,7 @@ def format_created(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IncomingConversation:
     """Database facts about a conversation whose source is (re)read for this version."""
 
@@ -262,7 +262,7 @@ class VerifyingReader:
                 f"{self.label} does not match its recorded sha256/size; refusing to build on it")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Processed:
     """A freshly serialized conversation, spooled to disk."""
 

@@ -111,7 +111,7 @@ class VersionRecord:
     created_at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MemberRecord:
     """A row of `training_file_conversations`: one conversation of a file and what built it."""
 
