@@ -433,6 +433,8 @@ class S3ObjectStore(ObjectStore):
         self.client = client
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
+        # More requests in flight than pooled connections would open (and drop) a connection each.
+        self.max_useful_concurrency = int(getattr(client.meta.config, "max_pool_connections", 10))
         self._scratch_root: Path | None = None
         self._scratch_lock = threading.Lock()
 

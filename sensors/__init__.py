@@ -44,7 +44,7 @@ def request_run_key(request_id: str, attempt: int) -> str:
 
 @dg.sensor(
     job=training_file_job,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=2,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def selection_request_sensor(
