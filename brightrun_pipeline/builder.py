@@ -325,12 +325,14 @@ def copy_verified_prefix(raw: BinaryIO, out: HashingWriter, expected_sha256: str
             f"{label} does not match its recorded sha256/size; refusing to build on it")
 
 
-def _indent(document: Any, depth: int) -> bytes:
-    """2-space-indented JSON nested `depth` levels deep (raw newlines never occur inside JSON
-    strings, so shifting every line is safe)."""
-    data = orjson.dumps(document, option=orjson.OPT_INDENT_2)
-    pad = b"  " * depth
-    return pad + data.replace(b"\n", b"\n" + pad)
+_ITEM_HEAD = len(b'{\n  "a": [\n')
+_ITEM_TAIL = len(b"\n  ]\n}")
+
+
+def array_item(document: Any) -> bytes:
+    """`document` as an item of an array held by a top-level key: 2-space indentation, nested
+    two levels deep (cut out of a one-item wrapper, so orjson does the indenting)."""
+    return orjson.dumps({"a": [document]}, option=orjson.OPT_INDENT_2)[_ITEM_HEAD:-_ITEM_TAIL]
 
 
 def _document_prefix(metadata: TrainingFileMetadata, profile: dict[str, Any]) -> bytes:
@@ -368,8 +370,8 @@ def block_and_lines(
             training_topic=first_meta.get("training_topic"),
         ),
     )
-    block = _indent({"conversation_metadata": metadata.model_dump(mode="json"),
-                     "training_pairs": pairs}, 2)
+    block = array_item({"conversation_metadata": metadata.model_dump(mode="json"),
+                        "training_pairs": pairs})
     lines = io.BytesIO()
     trainable = 0
     reviewed = 0
@@ -635,7 +637,7 @@ def _build(
         if not first_entry:
             manifest_entries.write(BLOCK_SEPARATOR)
         first_entry = False
-        manifest_entries.write(_indent(entry, 2))
+        manifest_entries.write(array_item(entry))
 
     for member in members() if spec.previous is not None else ():
         position = member.position

@@ -12,12 +12,16 @@ import orjson
 from pydantic import ValidationError
 
 from brightrun_pipeline.builder import (
+    BLOCK_SEPARATOR,
     BODY_CLOSE,
     CHUNK,
     BuiltVersion,
+    PreviousVersion,
     VerifyingReader,
     iter_blocks,
 )
+from brightrun_pipeline.db.repository import MemberRecord
+from brightrun_pipeline.storage import ObjectStore
 from brightrun_pipeline.models import (
     JSONL_FIELDS,
     ConsultantProfile,
@@ -53,27 +57,72 @@ class _HashingReader:
         return data
 
 
+CARRIED = "carried_bytes_differ"
+
+
 def verify_built_version(pipeline: Pipeline, built: BuiltVersion) -> dict[str, CheckOutcome]:
-    """Run every pre-publication check on a built version's objects."""
+    """Run every pre-publication check on a built version's objects.
+
+    When a version only appends, the blocks and lines it copied are compared byte for byte with
+    the previous version (checked when it was published) and only the new ones are parsed; if the
+    copied bytes differ, everything is parsed so that each problem is named by its check.
+    """
+    spec = built.spec
+    appending = spec.previous is not None and not spec.rebuilds
+    if appending:
+        report = _verify(pipeline, built, carried=spec.previous)
+        if CARRIED not in report:
+            return report
+    report = _verify(pipeline, built, carried=None)
+    report.pop(CARRIED, None)
+    return report
+
+
+def _verify(pipeline: Pipeline, built: BuiltVersion,
+            carried: PreviousVersion | None) -> dict[str, CheckOutcome]:
     store, bucket = pipeline.store, pipeline.training_bucket
     problems: dict[str, list[str]] = {name: [] for name in (
         "matches_v4_format", "unique_conversations", "header_matches_membership",
         "manifest_matches_objects", "line_count_matches", "lines_equal_pairs", "unique_ids")}
-    expected_members = _expected_order(pipeline, built)
+    spec = built.spec
+    previous_members = (list(pipeline.db.iter_members(spec.training_file_id))
+                        if spec.previous is not None else [])
+    expected_members = ([m.conversation_id for m in previous_members]
+                        + [m.conversation_id for m in built.added_members])
     with store.open_read(bucket, built.json.key) as json_raw, \
             store.open_read(bucket, built.jsonl.key) as jsonl_raw:
         json_reader = _HashingReader(json_raw)
         jsonl_reader = _HashingReader(jsonl_raw)
         prefix = _read_exact(json_reader, built.body_start)
         header = _parse_header(prefix, problems)
-        verifier = VerifyingReader(json_reader, expected_sha256="", expected_size=-1, label="")
-        lines = _iter_lines(jsonl_reader)
         seen_conversations: set[str] = set()
         seen_ids: set[str] = set()
         totals = _Recount()
         line_count = 0
-        for index, (cid, block_bytes) in enumerate(
-                iter_blocks(verifier, built.body_end - built.body_start)):
+        body_length = built.body_end - built.body_start
+        first_index = 0
+        if carried is not None:
+            carried_length = carried.body_end - carried.body_start
+            same = _same_as_previous(store, bucket, carried, json_reader, carried_length)
+            _read_exact(jsonl_reader, carried.jsonl_size)
+            if not same or jsonl_reader.hash.copy().hexdigest() != carried.jsonl_sha256:
+                return {CARRIED: CheckOutcome(False, "copied bytes differ from the previous "
+                                                     "version")}
+            for member in previous_members:
+                totals.add_member(member)
+                seen_conversations.add(member.conversation_id)
+                line_count += member.trainable_pair_count
+            first_index = len(previous_members)
+            body_length -= carried_length
+            if built.added_members:
+                separator = json_reader.read(len(BLOCK_SEPARATOR))
+                body_length -= len(separator)
+                if separator != BLOCK_SEPARATOR:
+                    problems["matches_v4_format"].append("no separator after the copied blocks")
+        verifier = VerifyingReader(json_reader, expected_sha256="", expected_size=-1, label="")
+        lines = _iter_lines(jsonl_reader)
+        for offset, (cid, block_bytes) in enumerate(iter_blocks(verifier, body_length)):
+            index = first_index + offset
             block = orjson.loads(block_bytes)
             try:
                 TrainingConversation.model_validate(block)
@@ -122,13 +171,19 @@ def verify_built_version(pipeline: Pipeline, built: BuiltVersion) -> dict[str, C
             for name, found in problems.items()}
 
 
-def _expected_order(pipeline: Pipeline, built: BuiltVersion) -> list[str]:
-    spec = built.spec
-    order = []
-    if spec.previous is not None:
-        order = [m.conversation_id for m in pipeline.db.iter_members(spec.training_file_id)]
-    order.extend(m.conversation_id for m in built.added_members)
-    return order
+def _same_as_previous(store: ObjectStore, bucket: str, previous: PreviousVersion,
+                      reader: _HashingReader, length: int) -> bool:
+    """Whether the next `length` bytes are the previous version's conversation blocks."""
+    with store.open_read(bucket, previous.json_key) as old:
+        _read_exact(_HashingReader(old), previous.body_start)
+        remaining = length
+        while remaining > 0:
+            size = min(CHUNK, remaining)
+            ours, theirs = reader.read(size), old.read(size)
+            if ours != theirs or not ours:
+                return False
+            remaining -= len(ours)
+    return True
 
 
 def _read_exact(reader: _HashingReader, length: int) -> bytes:
@@ -176,6 +231,21 @@ class _Recount:
         self.scores: list[float] = []
         self.distribution: dict[str, dict[str, int]] = {
             "personas": {}, "emotional_arcs": {}, "training_topics": {}}
+
+    def add_member(self, member: MemberRecord) -> None:
+        """Count a conversation carried over from the previous version, from its membership row."""
+        self.conversations += 1
+        self.pairs += member.pair_count
+        self.trainable += member.trainable_pair_count
+        self.reviewed += member.human_reviewed_count
+        if member.quality_score is not None:
+            self.scores.append(float(member.quality_score))
+        for name, value in (("personas", member.persona_key),
+                            ("emotional_arcs", member.emotional_arc_key),
+                            ("training_topics", member.topic_key)):
+            if value is not None:
+                counts = self.distribution[name]
+                counts[value] = counts.get(value, 0) + 1
 
     def add(self, block: dict[str, Any]) -> None:
         meta = block["conversation_metadata"]
