@@ -1,4 +1,4 @@
-"""The dynamic partitions of the training-file assets: one partition per training file (its UUID)."""
+"""Dynamic partitions of the training-file assets: one partition per training file (its UUID)."""
 
 import dagster as dg
 

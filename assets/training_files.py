@@ -73,8 +73,12 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
     partitions_def=training_files_partitions,
     group_name="training_files",
     outs={
-        "training_file_json": dg.AssetOut(description="The full training JSON (brightrun-lora-v4)."),
-        "training_file_jsonl": dg.AssetOut(description="One line per trainable pair, from the JSON."),
+        "training_file_json": dg.AssetOut(
+            description="The full training JSON (brightrun-lora-v4)."
+        ),
+        "training_file_jsonl": dg.AssetOut(
+            description="One line per trainable pair, from the JSON."
+        ),
     },
     internal_asset_deps={
         "training_file_json": {dg.AssetKey("training_file_membership")},
@@ -87,7 +91,8 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
             ("matches_v4_format", "Every block and the header validate against the v4 model."),
             ("unique_conversations", "Every conversation ID appears once."),
             ("header_matches_membership",
-             "Totals, quality summary and scaffolding distribution equal what the membership gives."),
+             "Totals, quality summary and scaffolding distribution"
+             " equal what the membership gives."),
             ("manifest_matches_objects", "The manifest's hashes and sizes are the objects'."),
         )
     ] + [
@@ -102,7 +107,7 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
 def training_file_objects(
     context: dg.AssetExecutionContext, plan: VersionPlan, brightrun: BrightRunResource
 ):
-    """Write training.json, training.jsonl and manifest.json of the next version, then check them."""
+    """Write the next version's training.json, training.jsonl and manifest.json, then check them."""
     pipeline = brightrun.pipeline()
     with reported_as_failure(), pipeline.request_outcome(plan.request_ids, context.run.run_id):
         built = pipeline.build(plan)
@@ -154,7 +159,7 @@ def training_file_version(
 
 
 def lineage_metadata(pipeline, record) -> dict[str, dg.MetadataValue]:  # noqa: ANN001
-    """What a version's materialization shows in the UI: counts, hashes, keys and its conversations."""
+    """What a version's materialization shows in the UI: counts, hashes, keys, conversations."""
     from brightrun_pipeline.lineage import version_lineage_rows
 
     rows = version_lineage_rows(pipeline, record.training_file_id, record.version)

@@ -30,12 +30,12 @@ def main(samples: int) -> None:
                "BRIGHTRUN_DATABASE_URL": f"sqlite:///{home / 'brightrun.db'}",
                "BRIGHTRUN_STORAGE_ROOT": str(home / "storage")}
         os.environ.update(env)
+        from brightrun_pipeline.config import load_settings
         from brightrun_pipeline.db.repository import Database
         from brightrun_pipeline.demo_data import generate_demo_dataset
         from brightrun_pipeline.launcher import ensure_dagster_home
         from brightrun_pipeline.seeding import seed_dataset
         from brightrun_pipeline.storage import LocalObjectStore
-        from brightrun_pipeline.config import load_settings
 
         settings = load_settings()
         database = Database(settings.database_url)

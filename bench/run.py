@@ -77,22 +77,26 @@ def generate(n: int) -> Path:
 
 def measured(command: list[str], repeat: int, shell: bool = False,
              before: Callable[[], None] = lambda: None) -> tuple[float, float, str]:
-    """Median wall time and peak RSS of `repeat` runs of a command in fresh processes."""
+    """Median wall time and peak RSS of `repeat` runs of a command in fresh processes.
+
+    GNU time reports the peak RSS of the command itself (for a shell pipeline: of its largest
+    process), not of this forking parent.
+    """
     times, peaks, last = [], [], ""
     for _ in range(repeat):
         before()
+        argv = ["/bin/sh", "-c", " ".join(command)] if shell else command
         started = time.perf_counter()
-        process = subprocess.Popen(["/bin/sh", "-c", " ".join(command)] if shell else command,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        pid, status, usage = os.wait4(process.pid, 0)
+        result = subprocess.run(["/usr/bin/time", "-f", "BENCH-RSS %M", *argv],
+                                capture_output=True, check=False)
         times.append(time.perf_counter() - started)
-        out = process.stdout.read() if process.stdout else b""
-        err = process.stderr.read() if process.stderr else b""
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            raise RuntimeError(f"{command[:4]} failed: {err.decode(errors='replace')[-2000:]}")
-        peaks.append(usage.ru_maxrss / 1024)
-        last = out.decode()
+        if result.returncode != 0:
+            raise RuntimeError(f"{command[:4]} failed: "
+                               f"{result.stderr.decode(errors='replace')[-2000:]}")
+        rss = [line for line in result.stderr.decode().splitlines()
+               if line.startswith("BENCH-RSS ")][-1]
+        peaks.append(int(rss.split()[1]) / 1024)
+        last = result.stdout.decode()
     return statistics.median(times), statistics.median(peaks), last
 
 
@@ -221,8 +225,9 @@ def render(results: list[Measure], repeat: int) -> str:
         "# Performance",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
-        f"Each row is the median of {repeat} runs in fresh processes (wall time; peak RSS of the "
-        "process tree), data from the demo generator (~70 kB per enriched file). Reproduce with "
+        f"Each row is the median of {repeat} runs in fresh processes: wall time (including "
+        "interpreter start-up and imports, about 1 s for our Python tasks) and peak RSS (GNU "
+        "time). Data from the demo generator (~70 kB per enriched file). Reproduce with "
         "`make bench`.",
         "",
         "| task | N | seconds | peak RSS (MB) | note |",
@@ -255,17 +260,48 @@ def main() -> None:
 def _analysis(results: list[Measure]) -> str:
     by = {(m.name, m.n): m for m in results}
     out = ["", "## Goals", ""]
-    for n in sorted({m.n for m in results if m.name.startswith("build new")}):
+    sizes = sorted({m.n for m in results if m.name.startswith("build new")})
+    for n in sizes:
         build = by[("build new file (JSON + JSONL + manifest)", n)]
         floor = by[("floor: orjson JSONL pass, one file at a time", n)]
         naive = by[("naive baseline (load all, json.dump indent=2)", n)]
         add = by[("add 80 to the file", n)]
         copy = by[("floor of an add: copy previous JSON + JSONL", n)]
-        out.append(f"- N = {n:,}: build {build.seconds / floor.seconds:.2f}× the orjson floor, "
-                   f"{naive.seconds / build.seconds:.1f}× faster than naive, peak "
-                   f"{build.peak_mb:.0f} MB (naive {naive.peak_mb:.0f} MB); add 80 = "
-                   f"{add.seconds / copy.seconds:.2f}× the copy floor ({add.note}).")
+        out.append(f"- N = {n:,}: build = {build.seconds / floor.seconds:.2f}× the orjson floor "
+                   f"and {naive.seconds / build.seconds:.1f}× faster than naive (naive is "
+                   f"{naive.seconds / floor.seconds:.1f}× the floor); peak {build.peak_mb:.0f} MB "
+                   f"(naive {naive.peak_mb:.0f} MB); add 80 = {add.seconds / copy.seconds:.2f}× "
+                   f"the copy floor, {add.note}, peak {add.peak_mb:.0f} MB.")
+    s3 = next(m for m in results if m.name.startswith("80 S3 fetches"))
+    out.append(f"- 80 S3 fetches with 20 ms added latency: {s3.seconds:.2f} s (goal < 0.5 s).")
+    out.append("")
+    out.append(NOTES)
     return "\n".join(out) + "\n"
+
+
+NOTES = """## Reading the numbers
+
+- **Incremental adds** copy the previous version's conversation blocks and JSONL as bytes
+  (checked against the recorded sha256 on the way: the JSONL through the running hash of the
+  output, the JSON with a second hash), fetch and parse only the 80 new sources, and hash while
+  writing. Their memory does not depend on the size of the file.
+- **Builds from scratch** write the conversation blocks to a spool file first, because the
+  header (totals, quality summary, distributions) comes first in the file and is only known after
+  every source was read; the spool is then copied behind the header. Compared with the orjson
+  floor (one `loads` and compact `dumps` per source, JSONL only), a build also validates every
+  source against the enriched model, hashes every source, serializes each block a second time
+  with indentation, writes the JSON twice (spool, then file), hashes both outputs and fsyncs them.
+  A training file only gets new conversations 80 at a time, so this path runs in production for
+  `files verify` (a full rebuild) and never for a request.
+- **The naive baseline** is only about 9× slower than the floor on this machine, so "10× faster
+  than naive" would require beating the floor itself; it is not reachable by any implementation
+  that does the contract's work. Its memory is the real difference: gigabytes against ~100 MB.
+- Peak RSS of a build from scratch grows by about 1.5 kB per conversation (the list of
+  conversations to build and the membership rows to insert); the bytes of the file are never held.
+- Request latency through Dagster is dominated by Dagster's own run bookkeeping (event log
+  writes on SQLite, step orchestration); our code needs ~0.1–0.2 s of it. The daemon row adds the
+  sensor interval (2 s) and the launch of a run process.
+"""
 
 
 if __name__ == "__main__":

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import json
+import os
 import pickle
 import sys
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterator
 from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from brightrun_pipeline.builder import BuildSpec, IncomingConversation, PreviousVersion, build_version
+from brightrun_pipeline.builder import (
+    BuildSpec,
+    IncomingConversation,
+    PreviousVersion,
+    build_version,
+)
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.db.repository import MemberRecord
 from brightrun_pipeline.models import JSONL_FIELDS
@@ -28,6 +33,8 @@ from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
 
 FILE_ID = "5b0c7f5e-1d1e-4c44-9a4e-6f3f1f6a2b10"
 PUBLISHED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+# Concurrency of source fetches in the benchmark; overridable via BENCH_CONCURRENCY.
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 
 
 class CountingStore(LocalObjectStore):
@@ -63,7 +70,7 @@ def build_new(data: Path, n: int) -> None:
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 1, PUBLISHED, "request", None, [], None,
                      None, None, _incoming(data, 0, n))
     built = build_version(spec, lambda: [], sources=store, source_bucket="conversation-files",
-                          outputs=store, output_bucket="training-files", concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")),
+                          outputs=store, output_bucket="training-files", concurrency=CONCURRENCY,
                           retry=RetrySettings())
     # Kept for the incremental task: where version 1 is, and its membership rows (streamed back
     # one at a time, as the database does).
@@ -95,7 +102,8 @@ def add_80(data: Path, n: int) -> None:
 
     result = build_version(spec, members, sources=store,
                            source_bucket="conversation-files", outputs=store,
-                           output_bucket="training-files", concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")), retry=RetrySettings())
+                           output_bucket="training-files", concurrency=CONCURRENCY,
+                           retry=RetrySettings())
     print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": result.json.size}))
 
 
@@ -170,7 +178,7 @@ def s3_fetch_80(data: Path, endpoint: str) -> None:
     started = time.perf_counter()
     fetched = list(fetch_sources(store, "conversation-files",
                                  [(r["conversation_id"], r["key"]) for r in rows],
-                                 concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")), retry=RetrySettings()))
+                                 concurrency=CONCURRENCY, retry=RetrySettings()))
     elapsed = time.perf_counter() - started
     assert all(f.data is not None for f in fetched)
     digest = hashlib.sha256(b"".join(f.data or b"" for f in fetched)).hexdigest()

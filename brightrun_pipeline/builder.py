@@ -293,7 +293,8 @@ class _Totals:
         self.human_reviewed += member.human_reviewed_count
         if member.quality_score is not None:
             self.scores.append(float(member.quality_score))
-        for counts, key in ((self.personas, member.persona_key), (self.arcs, member.emotional_arc_key),
+        for counts, key in ((self.personas, member.persona_key),
+                            (self.arcs, member.emotional_arc_key),
                             (self.topics, member.topic_key)):
             if key is not None:
                 counts[key] = counts.get(key, 0) + 1
@@ -552,9 +553,9 @@ def _build(
     concurrency: int,
     retry: RetrySettings,
 ) -> BuiltVersion:
-    spool = stack.enter_context(open(work / "spool", "w+b"))
+    spool = stack.enter_context(open(work / "spool", "w+b"))  # noqa: SIM115
     rebuild_ids = {c.conversation_id for c in spec.rebuilds}
-    jsonl_out = HashingWriter(stack.enter_context(open(work / "training.jsonl", "wb")))
+    jsonl_out = HashingWriter(stack.enter_context(open(work / "training.jsonl", "wb")))  # noqa: SIM115
     # Appending only (the usual case): the JSONL is final as soon as each conversation is read,
     # and the spool holds exactly the bytes that follow the previous body in training.json.
     appending = not rebuild_ids
@@ -621,7 +622,7 @@ def _build(
 
     # Header figures and manifest entries, in file order.
     totals = _Totals()
-    manifest_entries = stack.enter_context(open(work / "manifest.part", "w+b"))
+    manifest_entries = stack.enter_context(open(work / "manifest.part", "w+b"))  # noqa: SIM115
     added_members: list[MemberRecord] = []
     rebuilt_members: list[MemberRecord] = []
     position = -1
@@ -672,7 +673,7 @@ def _build(
     )
 
     # training.json and training.jsonl
-    json_out = HashingWriter(stack.enter_context(open(work / "training.json", "wb")))
+    json_out = HashingWriter(stack.enter_context(open(work / "training.json", "wb")))  # noqa: SIM115
     json_out.write(_document_prefix(metadata, profile))
     body_start = json_out.size
     wrote_block = False
@@ -731,7 +732,7 @@ def _build(
     jsonl_object = jsonl_out.result(keys["training.jsonl"])
 
     # manifest.json
-    manifest_out = HashingWriter(stack.enter_context(open(work / "manifest.json", "wb")))
+    manifest_out = HashingWriter(stack.enter_context(open(work / "manifest.json", "wb")))  # noqa: SIM115
     head = orjson.dumps({
         "training_file_id": spec.training_file_id,
         "file_name": spec.file_name,

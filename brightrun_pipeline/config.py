@@ -66,7 +66,7 @@ def _choice(env: dict[str, str], name: str, choices: tuple[str, ...], default: s
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Read BRIGHTRUN_* and DAGSTER_HOME, falling back to the embedded defaults under ./.brightrun."""
+    """Read BRIGHTRUN_* and DAGSTER_HOME, falling back to embedded defaults under ./.brightrun."""
     env = dict(os.environ if env is None else env)
     home = Path(env.get("BRIGHTRUN_HOME") or DEFAULT_HOME)
     database_url = env.get("BRIGHTRUN_DATABASE_URL") or f"sqlite:///{home / 'brightrun.db'}"

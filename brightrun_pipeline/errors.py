@@ -84,7 +84,7 @@ class ObjectExists(BrightRunError):
 
 
 class TransientStorageError(BrightRunError):
-    """A storage call failed in a way that may succeed if tried again (timeouts, 5xx, throttling)."""
+    """A storage call failed in a way that may succeed on retry (timeouts, 5xx, throttling)."""
 
 
 class InvalidKey(BrightRunError):

@@ -29,7 +29,9 @@ class RunOutcome:
     success: bool
 
 
-def run_request_in_process(settings: Settings, request_id: str, training_file_id: str) -> RunOutcome:
+def run_request_in_process(
+    settings: Settings, request_id: str, training_file_id: str
+) -> RunOutcome:
     """Run the training-file job for one claimed request; the run shows in the Dagster UI."""
     from assets.partitions import REASON_TAG, REQUEST_TAG
 

@@ -100,7 +100,7 @@ class TrainingPair(_Open):
 
 
 class EnrichedConversationFile(_Open):
-    """One `enriched.json`: a conversation's training pairs with its consultant and dataset header."""
+    """One `enriched.json`: a conversation's training pairs, its consultant and dataset header."""
 
     dataset_metadata: DatasetMetadata
     consultant_profile: ConsultantProfile

@@ -1,4 +1,4 @@
-"""Eligibility and duplicate rules of a selection request (contract §4), shared by every entry point."""
+"""Selection-request eligibility and duplicate rules (contract §4), shared by every entry point."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def normalize_file_name(raw: object) -> str:
         raise RequestRejected("the training file name is empty")
     if len(name) > MAX_NAME_LENGTH:
         raise RequestRejected(
-            f"the training file name has {len(name)} characters; at most {MAX_NAME_LENGTH} are allowed"
+            f"the training file name has {len(name)} characters;"
+            f" at most {MAX_NAME_LENGTH} are allowed"
         )
     if not name.isprintable():
         raise RequestRejected("the training file name contains non-printable characters")
@@ -81,7 +82,7 @@ def check_selection(
     *,
     file_label: str,
 ) -> list[str]:
-    """Normalized conversation IDs of a valid selection, or a rejection with one reason per offender.
+    """Normalized conversation IDs of a valid selection, or a rejection with a reason per offender.
 
     `facts` holds the rows found for the normalized IDs; `members` maps the conversations already in
     the target file to the version that added them.

@@ -13,7 +13,7 @@ from brightrun_pipeline.storage import ObjectStore
 
 
 def seed_dataset(db: Database, store: ObjectStore, bucket: str, dataset: DemoDataset) -> int:
-    """Insert the dataset's rows and files that are not there yet; returns how many rows were new."""
+    """Insert the dataset's rows and files not there yet; returns how many rows were new."""
     store.ensure_bucket(bucket)
     inserted = 0
     with db.engine.begin() as connection:

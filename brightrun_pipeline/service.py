@@ -93,7 +93,8 @@ def incoming(row: CatalogRow) -> IncomingConversation:
 class Pipeline:
     """The training-file service: database, source store and output store under one roof."""
 
-    def __init__(self, db: Database, store: ObjectStore, *, source_bucket: str = "conversation-files",
+    def __init__(self, db: Database, store: ObjectStore, *,
+                 source_bucket: str = "conversation-files",
                  training_bucket: str = "training-files", fetch_concurrency: int = 16,
                  retry: RetrySettings | None = None) -> None:
         self.db = db
@@ -116,7 +117,9 @@ class Pipeline:
         """Check a request against contract §4 as the database stands now."""
         raw_ids = request.conversation_ids
         if not isinstance(raw_ids, list):
-            raise RequestRejected("conversation_ids must be a JSON array of conversation ID strings")
+            raise RequestRejected(
+                "conversation_ids must be a JSON array of conversation ID strings"
+            )
         check_request_size(raw_ids)
         has_file = request.training_file_id is not None
         has_name = request.new_file_name is not None

@@ -33,7 +33,7 @@ def fetch_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     rng: Callable[[], float] = random.random,
 ) -> bytes:
-    """Call `fetch`, retrying transient storage errors with backoff; permanent errors pass through."""
+    """Call `fetch`, retrying transient storage errors with backoff; permanent ones pass through."""
     for attempt in range(retry.attempts):
         try:
             return fetch()
@@ -104,7 +104,7 @@ class ParsedSource:
 
 
 def parse_source(fetched: FetchedSource) -> ParsedSource:
-    """Check that a fetched source is an enriched conversation file; name the conversation if not."""
+    """Check a fetched source is an enriched conversation file; name the conversation if not."""
     cid = fetched.conversation_id
     if fetched.error is not None:
         if isinstance(fetched.error, ObjectNotFound):

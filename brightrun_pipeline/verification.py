@@ -21,7 +21,6 @@ from brightrun_pipeline.builder import (
     iter_blocks,
 )
 from brightrun_pipeline.db.repository import MemberRecord
-from brightrun_pipeline.storage import ObjectStore
 from brightrun_pipeline.models import (
     JSONL_FIELDS,
     ConsultantProfile,
@@ -29,6 +28,7 @@ from brightrun_pipeline.models import (
     TrainingConversation,
     TrainingFileMetadata,
 )
+from brightrun_pipeline.storage import ObjectStore
 
 if TYPE_CHECKING:
     from brightrun_pipeline.service import Pipeline
@@ -309,6 +309,8 @@ def _check_manifest(data: bytes, built: BuiltVersion, json_object: tuple[str, in
     for name, (sha, size) in (("training.json", json_object), ("training.jsonl", jsonl_object)):
         entry = manifest.files[name]
         if (entry.sha256, entry.size) != (sha, size):
-            found.append(f"{name}: manifest says {entry.sha256}/{entry.size}, object is {sha}/{size}")
+            found.append(
+                f"{name}: manifest says {entry.sha256}/{entry.size}, object is {sha}/{size}"
+            )
     if [c.conversation_id for c in manifest.conversations] != members:
         found.append("manifest conversations differ from the membership")

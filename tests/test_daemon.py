@@ -52,19 +52,36 @@ def daemon(
     boto3.client("s3", endpoint_url=s3_endpoint_url, region_name="us-east-1",
                  aws_access_key_id="testing", aws_secret_access_key="testing"
                  ).create_bucket(Bucket="compute-logs")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
+    yield from run_daemon(tmp_path, home, postgres_url, {
         "DAGSTER_POSTGRES_URL": dagster_postgres_url,
         "DAGSTER_COMPUTE_LOG_BUCKET": "compute-logs",
         "DAGSTER_S3_ENDPOINT_URL": s3_endpoint_url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "BRIGHTRUN_DATABASE_URL": postgres_url,
+    })
+
+
+@pytest.fixture
+def default_daemon(sqlite_url: str, tmp_path: Path) -> Iterator[Pipeline]:
+    """`dagster-daemon run` on the embedded default: the repository's dagster.yaml (SQLite)."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    yield from run_daemon(tmp_path, home, sqlite_url, {})
+
+
+def run_daemon(tmp_path: Path, home: Path, database_url: str,
+               extra_env: dict[str, str]) -> Iterator[Pipeline]:
+    """Start the daemon with this instance home and database; stop it (and its code server)."""
+    env = {
+        **os.environ,
+        **extra_env,
+        "DAGSTER_HOME": str(home),
+        "BRIGHTRUN_DATABASE_URL": database_url,
         "BRIGHTRUN_STORAGE_ROOT": str(tmp_path / "storage"),
     }
-    database = Database(postgres_url)
+    database = Database(database_url)
     database.upgrade()
     store = LocalObjectStore(tmp_path / "storage")
     store.ensure_bucket("conversation-files")
@@ -96,6 +113,15 @@ def insert_request(db: Database, request_id: str, ids: list[str], *,
             "INSERT INTO selection_requests (id, training_file_id, new_file_name, "
             "conversation_ids) VALUES (:id, :file, :name, CAST(:ids AS jsonb))"),
             {"id": request_id, "file": file_id, "name": name, "ids": orjson.dumps(ids).decode()})
+
+
+def insert_request_sqlite(db: Database, request_id: str, ids: list[str], name: str) -> None:
+    """The same INSERT as a SQLite client writes it (JSON as text)."""
+    with db.engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO selection_requests (id, new_file_name, conversation_ids) "
+            "VALUES (:id, :name, :ids)"),
+            {"id": request_id, "name": name, "ids": orjson.dumps(ids).decode()})
 
 
 def wait_for(condition: Callable[[], bool], what: str, log: Path) -> None:
@@ -155,3 +181,30 @@ def test_daemon_turns_inserted_rows_into_versions(daemon: Pipeline, tmp_path: Pa
     check_version(json_bytes, jsonl_bytes, manifest, training_file_id=file.id,
                   file_name="Daemon", description=None, file_version=record.version,
                   conversations=[oracle_input(by_id[cid], added_in[cid]) for cid in members])
+
+
+def test_daemon_on_the_embedded_default(default_daemon: Pipeline, tmp_path: Path) -> None:
+    pipeline = default_daemon
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    rows = eligible(dataset)
+
+    def status(request_id: str) -> str | None:
+        request = pipeline.db.get_request(request_id)
+        return None if request is None else request.status
+
+    insert_request_sqlite(pipeline.db, "sqlite-1", [c.conversation_id for c in rows[:3]],
+                          "On SQLite")
+    insert_request_sqlite(pipeline.db, "sqlite-bad", ["not-a-uuid"], "Never")
+    wait_for(lambda: status("sqlite-1") in FINAL and status("sqlite-bad") in FINAL,
+             "the requests on the embedded default", tmp_path / "daemon.log")
+    assert status("sqlite-1") == "succeeded", pipeline.db.get_request("sqlite-1")
+    assert status("sqlite-bad") == "rejected"
+    file = pipeline.db.find_file("On SQLite")
+    assert file is not None
+    record = pipeline.db.get_version(file.id)
+    assert record is not None and record.version == 1
+    json_bytes, jsonl_bytes, manifest = version_objects(pipeline, record)
+    check_version(json_bytes, jsonl_bytes, manifest, training_file_id=file.id,
+                  file_name="On SQLite", description=None, file_version=1,
+                  conversations=[oracle_input(c, 1) for c in rows[:3]])

@@ -216,7 +216,9 @@ class Database:
     ) -> list[CatalogRow]:
         """Conversations with their Batch ID, filtered and sorted as a curator asks."""
         if sort not in CATALOG_SORT_COLUMNS:
-            raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(CATALOG_SORT_COLUMNS)}")
+            raise ValueError(
+                f"cannot sort by {sort!r}; choose one of {', '.join(CATALOG_SORT_COLUMNS)}"
+            )
         query = sa.select(*catalog_columns)
         if batch_id is not None:
             # The semi-join lets the index on batch_items.batch_job_id narrow the rows first.
@@ -350,7 +352,7 @@ class Database:
             return [_record(VersionRecord, row) for row in rows]
 
     def member_versions(self, file_id: str, conversation_ids: Iterable[str]) -> dict[str, int]:
-        """Which of these conversations are already in the file, with the version that added each."""
+        """Which of these conversations the file already holds, with the version that added each."""
         ids = sorted(set(conversation_ids))
         found: dict[str, int] = {}
         with self.engine.connect() as connection:
@@ -376,7 +378,9 @@ class Database:
             for row in result:
                 yield _record(MemberRecord, row)
 
-    def files_containing(self, conversation_id: str) -> list[tuple[TrainingFileRecord, MemberRecord]]:
+    def files_containing(
+        self, conversation_id: str
+    ) -> list[tuple[TrainingFileRecord, MemberRecord]]:
         """Every training file that holds this conversation, with its membership row."""
         query = sa.select(training_files, *[c.label(f"m_{c.name}")
                                             for c in training_file_conversations.c]).join(
@@ -434,7 +438,7 @@ class Database:
         self, request_id: str, *, from_statuses: Sequence[str], to: str, now: datetime,
         **values: Any,
     ) -> bool:
-        """Move a request to a new status only if it is in one of `from_statuses` (compare-and-set)."""
+        """Move a request to a new status only if it is in `from_statuses` (compare-and-set)."""
         if "error" in values and isinstance(values["error"], RequestError):
             values["error"] = values["error"].model_dump()
         with self.engine.begin() as connection:
@@ -466,7 +470,8 @@ class Database:
 
     def stale_members(self, file_id: str | None = None) -> list[tuple[MemberRecord, CatalogRow]]:
         """Members whose conversation changed since it was built into its file: a newer
-        `updated_at` or another enriched file path (compared as instants, whatever the text form)."""
+        `updated_at` or another enriched file path (compared as instants, whatever the
+        text form)."""
         query = sa.select(training_file_conversations, *[
             c.label(f"c_{name}") for name, c in zip(
                 [c.name for c in conversations.c] + ["batch_id"], catalog_columns, strict=True)

@@ -181,8 +181,9 @@ CATALOG_VIEW = "conversation_catalog"
 
 # Batch ID of a conversation: the batch job of its earliest batch item (ties broken by item id).
 def catalog_view_sql(dialect: str) -> str:
-    """The view's DDL. SQLite keeps timestamps as text in whatever ISO-8601 form a client wrote
-    (`Z`, `+02:00`, a space for `T`), so there the earliest item is found by instant, not by text."""
+    """The view's DDL. SQLite keeps timestamps as text in whatever ISO-8601 form a client
+    wrote (`Z`, `+02:00`, a space for `T`), so there the earliest item is found by instant,
+    not by text."""
     created = "julianday(bi.created_at)" if dialect == "sqlite" else "bi.created_at"
     return f"""
 CREATE VIEW {CATALOG_VIEW} AS

@@ -1,4 +1,4 @@
-"""Column types that store UUIDs, timestamps and JSON natively on PostgreSQL and as text on SQLite."""
+"""Column types storing UUIDs, timestamps and JSON natively on PostgreSQL and as text on SQLite."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import String, Text
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
