@@ -1,6 +1,5 @@
 """The training-file chain, one partition per training file: membership → JSON/JSONL → version."""
 
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -9,12 +8,15 @@ import dagster as dg
 from assets.catalog import enriched_conversations
 from assets.partitions import REQUEST_TAG, training_files_partitions
 from brightrun_pipeline.builder import BuiltVersion
+from brightrun_pipeline.db.repository import VersionRecord
 from brightrun_pipeline.errors import BrightRunError
-from brightrun_pipeline.service import VersionPlan
+from brightrun_pipeline.lineage import version_lineage_rows
+from brightrun_pipeline.service import Pipeline, VersionPlan
 from brightrun_pipeline.verification import verify_built_version
 from resources import BrightRunResource
 
 JSON_KEY = dg.AssetKey("training_file_json")
+JSONL_KEY = dg.AssetKey("training_file_jsonl")
 
 
 @contextmanager
@@ -29,7 +31,6 @@ def reported_as_failure() -> Iterator[None]:
             metadata={"conversations": dg.MetadataValue.json(conversations)} if conversations
             else None,
         ) from error
-JSONL_KEY = dg.AssetKey("training_file_jsonl")
 
 
 @dg.asset(
@@ -158,10 +159,13 @@ def training_file_version(
     return dg.MaterializeResult(metadata=lineage_metadata(pipeline, record))
 
 
-def lineage_metadata(pipeline, record) -> dict[str, dg.MetadataValue]:  # noqa: ANN001
-    """What a version's materialization shows in the UI: counts, hashes, keys, conversations."""
-    from brightrun_pipeline.lineage import version_lineage_rows
+# The UI's metadata table stays responsive up to a few hundred rows; `brightrun lineage file`
+# lists every conversation of any size of file.
+LINEAGE_TABLE_ROWS = 500
 
+
+def lineage_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.MetadataValue]:
+    """What a version's materialization shows in the UI: counts, hashes, keys, conversations."""
     rows = version_lineage_rows(pipeline, record.training_file_id, record.version)
     return {
         "version": dg.MetadataValue.int(record.version),
@@ -178,7 +182,7 @@ def lineage_metadata(pipeline, record) -> dict[str, dg.MetadataValue]:  # noqa: 
         "jsonl_key": dg.MetadataValue.path(record.jsonl_key),
         "manifest_key": dg.MetadataValue.path(record.manifest_key),
         "conversation_lineage": dg.MetadataValue.table(
-            records=[dg.TableRecord(row) for row in rows[:500]],
+            records=[dg.TableRecord(row) for row in rows[:LINEAGE_TABLE_ROWS]],
             schema=dg.TableSchema(columns=[
                 dg.TableColumn(name) for name in (
                     "conversation_id", "batch_id", "persona", "arc", "topic", "quality",
