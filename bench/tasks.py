@@ -164,7 +164,7 @@ def orjson_floor(data: Path, n: int) -> None:
 
 
 def s3_fetch_80(data: Path, endpoint: str) -> None:
-    """80 source fetches from S3 (moto) with 20 ms added to every request."""
+    """80 source fetches from S3 (moto), BENCH_S3_LATENCY_MS (20) added to every request."""
     import boto3
 
     from brightrun_pipeline.sources import fetch_sources
@@ -172,7 +172,10 @@ def s3_fetch_80(data: Path, endpoint: str) -> None:
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
-    client.meta.events.register("before-send.s3.GetObject", lambda **_: time.sleep(0.02))
+    latency = float(os.environ.get("BENCH_S3_LATENCY_MS", "20")) / 1000
+    if latency:
+        client.meta.events.register("before-send.s3.GetObject",
+                                    lambda **_: time.sleep(latency))
     store: ObjectStore = S3ObjectStore(client)
     rows = _rows(data, 0, 80)
     started = time.perf_counter()
