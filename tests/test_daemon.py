@@ -22,6 +22,7 @@ from psycopg import sql
 from seed import demo_dataset, eligible, oracle_input, seed_dataset, version_objects
 
 from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.demo_data import generate_demo_dataset
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import LocalObjectStore
 
@@ -137,7 +138,8 @@ def wait_for(condition: Callable[[], bool], what: str, log: Path) -> None:
 
 def test_daemon_turns_inserted_rows_into_versions(daemon: Pipeline, tmp_path: Path) -> None:
     pipeline = daemon
-    dataset = demo_dataset()
+    dataset = generate_demo_dataset(11, batches=2, conversations_per_batch=7, unbatched=0,
+                                    ineligible_per_batch=1)
     seed_dataset(pipeline, dataset)
     rows = eligible(dataset)
     log = tmp_path / "daemon.log"
@@ -158,8 +160,8 @@ def test_daemon_turns_inserted_rows_into_versions(daemon: Pipeline, tmp_path: Pa
 
     file = pipeline.db.find_file("Daemon")
     assert file is not None and file.current_version == 1
-    # Several requests for one file inserted at once land, in order, as consecutive versions.
-    later = rows[2:7]
+    # Ten requests for one file inserted at once land, in order, as consecutive versions.
+    later = rows[2:12]
     for index, conversation in enumerate(later):
         insert_request(pipeline.db, f"add-{index}", [conversation.conversation_id],
                        file_id=file.id)
@@ -173,7 +175,7 @@ def test_daemon_turns_inserted_rows_into_versions(daemon: Pipeline, tmp_path: Pa
     record = pipeline.db.get_version(file.id)
     assert record is not None and record.version == 1 + len(later)
     members = [m.conversation_id for m in pipeline.db.iter_members(file.id)]
-    assert members == [c.conversation_id for c in rows[:7]]
+    assert members == [c.conversation_id for c in rows[:12]]
     assert len(members) == len(set(members))
     json_bytes, jsonl_bytes, manifest = version_objects(pipeline, record)
     added_in = {m.conversation_id: m.added_in_version for m in pipeline.db.iter_members(file.id)}
