@@ -1,6 +1,6 @@
 """Latency from a selection-request INSERT to `succeeded`, with the real daemon running.
 
-`python bench/request_latency.py [SAMPLES]` sets up a fresh embedded default (SQLite database,
+`python -m bench.request_latency [SAMPLES]` sets up a fresh embedded default (SQLite database,
 local storage, DAGSTER_HOME from the repository's dagster.yaml) in a temporary directory, starts
 `dagster-daemon run -w workspace.yaml`, inserts requests one at a time with plain SQL and prints
 the seconds each took (JSON list) on its last line.
@@ -20,32 +20,17 @@ from pathlib import Path
 import orjson
 import sqlalchemy as sa
 
+from bench.demo_home import demo_home
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main(samples: int) -> None:
     with tempfile.TemporaryDirectory(prefix="brightrun-latency-") as scratch:
         home = Path(scratch)
-        env = {**os.environ, "BRIGHTRUN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
-               "BRIGHTRUN_DATABASE_URL": f"sqlite:///{home / 'brightrun.db'}",
-               "BRIGHTRUN_STORAGE_ROOT": str(home / "storage")}
-        os.environ.update(env)
-        from brightrun_pipeline.config import load_settings
-        from brightrun_pipeline.db.repository import Database
-        from brightrun_pipeline.demo_data import generate_demo_dataset
-        from brightrun_pipeline.launcher import ensure_dagster_home
-        from brightrun_pipeline.seeding import seed_dataset
-        from brightrun_pipeline.storage import LocalObjectStore
-
-        settings = load_settings()
-        database = Database(settings.database_url)
-        database.upgrade()
-        store = LocalObjectStore(settings.storage_root)
-        store.ensure_bucket(settings.training_bucket)
-        ensure_dagster_home(settings)
-        dataset = generate_demo_dataset(5, batches=1, conversations_per_batch=80, unbatched=0,
-                                        ineligible_per_batch=0)
-        seed_dataset(database, store, settings.source_bucket, dataset)
+        setup = demo_home(home, seed=5)
+        env = {**os.environ, **setup.env}
+        database, dataset = setup.database, setup.dataset
         ids = [c.conversation_id for c in dataset.conversations]
         daemon = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],

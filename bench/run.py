@@ -186,14 +186,13 @@ def bench_s3(repeat: int) -> list[Measure]:
 
 def bench_request(repeat: int) -> list[Measure]:
     """A request of 80 on the demo setup, claim to published, through Dagster and without it."""
-    script = ROOT / "request80.py"
     results = []
     for mode in ("dagster", "direct"):
         times = []
         peaks = []
         for _ in range(repeat):
             with tempfile.TemporaryDirectory(prefix="brightrun-bench-") as home:
-                _, peak, out = measured([sys.executable, str(script), home, mode], 1)
+                _, peak, out = measured([sys.executable, "-m", "bench.request80", home, mode], 1)
                 times.append(float(out.strip().splitlines()[-1]))
                 peaks.append(peak)
         label = ("request of 80, claim → published (Dagster run in-process)" if mode == "dagster"
@@ -205,7 +204,7 @@ def bench_request(repeat: int) -> list[Measure]:
 
 def bench_sensor_latency(samples: int = 5) -> Measure:
     """Insert → succeeded through the real daemon on the embedded default instance (median)."""
-    _, peak, out = measured([sys.executable, str(ROOT / "request_latency.py"), str(samples)], 1)
+    _, peak, out = measured([sys.executable, "-m", "bench.request_latency", str(samples)], 1)
     latencies = orjson.loads(out.strip().splitlines()[-1])
     return Measure("request row inserted → succeeded, dagster-daemon on the default instance",
                    80, statistics.median(latencies), peak,

@@ -15,34 +15,29 @@ class UsageError(BrightRunError):
     exit_code = 2
 
 
-class RequestRejected(BrightRunError):
+class RequestOutcomeError(BrightRunError):
+    """Why a request did not publish: a message and, where it applies, a reason per conversation."""
+
+    def __init__(self, message: str, conversations: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.conversations = dict(conversations or {})
+
+    def as_error(self) -> dict[str, object]:
+        """The JSON stored in `selection_requests.error`."""
+        return {"message": self.message, "conversations": self.conversations}
+
+
+class RequestRejected(RequestOutcomeError):
     """A selection request breaks the rules; carries one reason per offending conversation."""
 
     exit_code = 3
 
-    def __init__(self, message: str, conversations: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.conversations = dict(conversations or {})
 
-    def as_error(self) -> dict[str, object]:
-        """The JSON stored in `selection_requests.error`."""
-        return {"message": self.message, "conversations": self.conversations}
-
-
-class ProcessingFailed(BrightRunError):
+class ProcessingFailed(RequestOutcomeError):
     """A valid request could not be built or published."""
 
     exit_code = 4
-
-    def __init__(self, message: str, conversations: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.conversations = dict(conversations or {})
-
-    def as_error(self) -> dict[str, object]:
-        """The JSON stored in `selection_requests.error`."""
-        return {"message": self.message, "conversations": self.conversations}
 
 
 class SourceError(ProcessingFailed):
