@@ -274,7 +274,7 @@ class _Processed:
 
 
 @dataclass
-class _Totals:
+class HeaderTotals:
     """Header figures accumulated over the conversations in file order."""
 
     conversations: int = 0
@@ -287,6 +287,7 @@ class _Totals:
     topics: dict[str, int] = field(default_factory=dict)
 
     def add(self, member: MemberRecord) -> None:
+        """Count one conversation from its membership facts."""
         self.conversations += 1
         self.pairs += member.pair_count
         self.trainable += member.trainable_pair_count
@@ -621,7 +622,7 @@ def _build(
         return spool.read(length)
 
     # Header figures and manifest entries, in file order.
-    totals = _Totals()
+    totals = HeaderTotals()
     manifest_entries = stack.enter_context(open(work / "manifest.part", "w+b"))  # noqa: SIM115
     added_members: list[MemberRecord] = []
     rebuilt_members: list[MemberRecord] = []

@@ -16,11 +16,11 @@ from brightrun_pipeline.builder import (
     BODY_CLOSE,
     CHUNK,
     BuiltVersion,
+    HeaderTotals,
     PreviousVersion,
     VerifyingReader,
     iter_blocks,
 )
-from brightrun_pipeline.db.repository import MemberRecord
 from brightrun_pipeline.models import (
     JSONL_FIELDS,
     ConsultantProfile,
@@ -108,10 +108,12 @@ def _verify(pipeline: Pipeline, built: BuiltVersion,
             if not same or jsonl_reader.hash.copy().hexdigest() != carried.jsonl_sha256:
                 return {CARRIED: CheckOutcome(False, "copied bytes differ from the previous "
                                                      "version")}
+            carried_totals = HeaderTotals()
             for member in previous_members:
-                totals.add_member(member)
+                carried_totals.add(member)
                 seen_conversations.add(member.conversation_id)
-                line_count += member.trainable_pair_count
+            totals.add_carried(carried_totals)
+            line_count = carried_totals.trainable
             first_index = len(previous_members)
             body_length -= carried_length
             if built.added_members:
@@ -232,20 +234,17 @@ class _Recount:
         self.distribution: dict[str, dict[str, int]] = {
             "personas": {}, "emotional_arcs": {}, "training_topics": {}}
 
-    def add_member(self, member: MemberRecord) -> None:
-        """Count a conversation carried over from the previous version, from its membership row."""
-        self.conversations += 1
-        self.pairs += member.pair_count
-        self.trainable += member.trainable_pair_count
-        self.reviewed += member.human_reviewed_count
-        if member.quality_score is not None:
-            self.scores.append(float(member.quality_score))
-        for name, value in (("personas", member.persona_key),
-                            ("emotional_arcs", member.emotional_arc_key),
-                            ("training_topics", member.topic_key)):
-            if value is not None:
-                counts = self.distribution[name]
-                counts[value] = counts.get(value, 0) + 1
+    def add_carried(self, carried: HeaderTotals) -> None:
+        """Start from the conversations carried over from the previous version."""
+        self.conversations += carried.conversations
+        self.pairs += carried.pairs
+        self.trainable += carried.trainable
+        self.reviewed += carried.human_reviewed
+        self.scores.extend(carried.scores)
+        for name, counts in (("personas", carried.personas), ("emotional_arcs", carried.arcs),
+                             ("training_topics", carried.topics)):
+            for key, count in counts.items():
+                self.distribution[name][key] = self.distribution[name].get(key, 0) + count
 
     def add(self, block: dict[str, Any]) -> None:
         meta = block["conversation_metadata"]
