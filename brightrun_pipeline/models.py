@@ -263,5 +263,6 @@ class SelectionRequest(BaseModel):
     result_version: int | None = None
     dagster_run_id: str | None = None
     target_file_id: str | None = None
+    attempts: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None

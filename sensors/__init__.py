@@ -74,7 +74,7 @@ def selection_request_sensor(
                 TRAINING_FILES, file_id):
             new_partitions.append(file_id)
         run_requests.append(dg.RunRequest(
-            run_key=request_run_key(request.id, db.request_attempts(request.id)),
+            run_key=request_run_key(request.id, request.attempts),
             partition_key=file_id,
             tags={REQUEST_TAG: request.id, TRAINING_FILE_TAG: file_id, REASON_TAG: "request"},
         ))

@@ -577,5 +577,4 @@ def _request(row: sa.Row[Any]) -> SelectionRequest:
             values["error"] = RequestError(message=str(error))
     elif error is not None:
         values["error"] = RequestError(message=str(error))
-    values.pop("attempts", None)
     return SelectionRequest.model_validate(values)
