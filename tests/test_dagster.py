@@ -312,6 +312,13 @@ def test_rematerialization_rebuilds_changed_sources_only(
             conversations.c.conversation_id == changed.conversation_id).values(
             updated_at=changed.row["updated_at"], quality_score=changed.row["quality_score"]))
     assert pipeline.stale_files() == {file.id: 1}
+    catalog = defs.resolve_job_def("enriched_conversations_job").execute_in_process(
+        instance=instance)
+    reported = catalog.asset_materializations_for_node("enriched_conversations")[0].metadata
+    assert reported["changed_since_built"].value == 1
+    assert reported["files_with_changes"].value == 1
+    assert [r.data["conversation_id"] for r in reported["changed_conversations"].value.records] \
+        == [changed.conversation_id]
 
     assert run_job(defs, instance, file.id, {REASON_TAG: "rematerialize"}).success
     record = pipeline.db.get_version(file.id)
