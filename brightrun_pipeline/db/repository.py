@@ -269,11 +269,6 @@ class Database:
             return connection.execute(
                 sa.select(batch_jobs.c.id).where(batch_jobs.c.id == batch_id)).first() is not None
 
-    def batch_conversation_ids(self, batch_id: str) -> list[str]:
-        """Conversations whose Batch ID is this batch, in the order the batch produced them."""
-        rows = self.list_conversations(batch_id=batch_id, sort="created_at")
-        return [row.conversation_id for row in rows]
-
     # --- Training files ------------------------------------------------------------------------
 
     def find_file(self, ref: str) -> TrainingFileRecord | None:
