@@ -104,6 +104,10 @@ def task(name: str, directory: Path, argument: str) -> list[str]:
     return [sys.executable, "-m", "bench.tasks", name, str(directory), argument]
 
 
+def baseline(name: str, directory: Path, argument: str) -> list[str]:
+    return [sys.executable, "-m", "bench.baselines", name, str(directory), argument]
+
+
 def bench_size(n: int, repeat: int) -> list[Measure]:
     """Every row of the table for one data set size."""
     directory = generate(n)
@@ -113,7 +117,10 @@ def bench_size(n: int, repeat: int) -> list[Measure]:
     file_list = directory / "files.txt"
     file_list.write_bytes(b"\0".join(str(sources / r["key"]).encode() for r in rows))
     results = []
-    seconds, peak, out = measured(task("build_new", directory, str(n)), repeat)
+    # Every build starts from an empty output bucket, as a new file's first version does.
+    outputs = directory / "storage" / "training-files"
+    seconds, peak, out = measured(task("build_new", directory, str(n)), repeat,
+                                  before=lambda: shutil.rmtree(outputs, ignore_errors=True))
     facts = orjson.loads(out.strip().splitlines()[-1])
     results.append(Measure("build new file (JSON + JSONL + manifest)", n, seconds, peak,
                            f"{facts['fetched']} fetched; JSON {facts['json_bytes'] / 1e6:.0f} MB,"
@@ -124,10 +131,10 @@ def bench_size(n: int, repeat: int) -> list[Measure]:
     facts = orjson.loads(out.strip().splitlines()[-1])
     results.append(Measure("add 80 to the file", n, seconds, peak,
                            f"{facts['fetched']} sources fetched"))
-    seconds, peak, _ = measured(task("copy_previous", directory, str(n)), repeat)
+    seconds, peak, _ = measured(baseline("copy_previous", directory, str(n)), repeat)
     results.append(Measure("floor of an add: copy previous JSON + JSONL", n, seconds, peak))
     naive_repeat = 1 if n >= 10000 else repeat
-    seconds, peak, _ = measured(task("naive", directory, str(n)), naive_repeat)
+    seconds, peak, _ = measured(baseline("naive", directory, str(n)), naive_repeat)
     results.append(Measure("naive baseline (load all, json.dump indent=2)", n, seconds, peak,
                            f"{naive_repeat} run(s)"))
     if shutil.which("jq"):
@@ -138,7 +145,7 @@ def bench_size(n: int, repeat: int) -> list[Measure]:
     seconds, peak, _ = measured(["xargs", "-0", "-a", str(file_list), "cat", ">", "/dev/null"],
                                 repeat, shell=True)
     results.append(Measure("floor: cat the sources", n, seconds, peak))
-    seconds, peak, _ = measured(task("orjson_floor", directory, str(n)), repeat)
+    seconds, peak, _ = measured(baseline("orjson_floor", directory, str(n)), repeat)
     results.append(Measure("floor: orjson JSONL pass, one file at a time", n, seconds, peak))
     return results
 

@@ -1,7 +1,8 @@
-"""One measured task per process, so that each gets its own peak RSS.
+"""Our measured tasks, one per process, so that each gets its own peak RSS.
 
 `python -m bench.tasks TASK DATA_DIR [ARGS]` — the parent (bench/run.py) times the process and
-reads its peak RSS from the OS.
+reads its peak RSS from the OS. The baselines and floors are in bench/baselines.py, which loads
+nothing but the standard library and orjson.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ import hashlib
 import itertools
 import json
 import os
-import pickle
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from brightrun_pipeline.builder import (
     build_version,
 )
 from brightrun_pipeline.config import RetrySettings
-from brightrun_pipeline.db.repository import MemberRecord
-from brightrun_pipeline.models import JSONL_FIELDS
+from brightrun_pipeline.members import MemberRecord
 from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
 
 FILE_ID = "5b0c7f5e-1d1e-4c44-9a4e-6f3f1f6a2b10"
@@ -74,24 +72,27 @@ def build_new(data: Path, n: int) -> None:
                           retry=RetrySettings())
     # Kept for the incremental task: where version 1 is, and its membership rows (streamed back
     # one at a time, as the database does).
-    (data / "v1.pickle").write_bytes(pickle.dumps(
-        replace(built, added_members=[], spec=replace(built.spec, additions=[]))))
+    (data / "v1.json").write_bytes(orjson.dumps({
+        "json": built.json.model_dump(), "jsonl": built.jsonl.model_dump(),
+        "body_start": built.body_start, "body_end": built.body_end,
+        "vertical": built.vertical, "consultant_profile": built.consultant_profile}))
     with open(data / "v1-members.jsonl", "wb") as out:
         for member in built.added_members:
-            out.write(orjson.dumps(asdict(member), default=str) + b"\n")
+            out.write(orjson.dumps(member) + b"\n")
     print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": built.json.size,
                       "jsonl_bytes": built.jsonl.size}))
 
 
 def add_80(data: Path, n: int) -> None:
     """Our incremental add of 80 conversations to the file of n built by build_new."""
-    built = pickle.loads((data / "v1.pickle").read_bytes())
+    built = orjson.loads((data / "v1.json").read_bytes())
     store = CountingStore(data / "storage")
-    previous = PreviousVersion(1, built.json.key, built.json.sha256, built.json.size,
-                               built.jsonl.key, built.jsonl.sha256, built.jsonl.size,
-                               built.body_start, built.body_end)
+    json_object, jsonl_object = built["json"], built["jsonl"]
+    previous = PreviousVersion(1, json_object["key"], json_object["sha256"], json_object["size"],
+                               jsonl_object["key"], jsonl_object["sha256"], jsonl_object["size"],
+                               built["body_start"], built["body_end"])
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 2, PUBLISHED, "request", None, [],
-                     built.vertical, built.consultant_profile, previous,
+                     built["vertical"], built["consultant_profile"], previous,
                      _incoming(data, n, 80))
     def members() -> Iterator[MemberRecord]:
         with open(data / "v1-members.jsonl", "rb") as lines:
@@ -105,62 +106,6 @@ def add_80(data: Path, n: int) -> None:
                            output_bucket="training-files", concurrency=CONCURRENCY,
                            retry=RetrySettings())
     print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": result.json.size}))
-
-
-def copy_previous(data: Path, n: int) -> None:
-    """The floor of an add: copy version 1's JSON and JSONL bytes."""
-    built = pickle.loads((data / "v1.pickle").read_bytes())
-    root = data / "storage" / "training-files"
-    for key in (built.json.key, built.jsonl.key):
-        with open(root / key, "rb") as src, open(data / "copy.tmp", "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-    (data / "copy.tmp").unlink()
-
-
-def naive(data: Path, n: int) -> None:
-    """The original algorithm: load every source, one dict, json.dump(indent=2), JSONL in memory."""
-    rows = _rows(data, 0, n)
-    root = data / "storage" / "conversation-files"
-    conversations = []
-    for row in rows:
-        with open(root / row["key"], encoding="utf-8") as handle:
-            source = json.load(handle)
-        conversations.append({"conversation_metadata": {"conversation_id": row["conversation_id"]},
-                              "training_pairs": source["training_pairs"],
-                              "profile": source["consultant_profile"]})
-    document = {"training_file_metadata": {"total_conversations": len(conversations)},
-                "conversations": conversations}
-    with open(data / "naive.json", "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, ensure_ascii=False)
-    lines = []
-    for conversation in document["conversations"]:
-        cid = conversation["conversation_metadata"]["conversation_id"]
-        for pair in conversation["training_pairs"]:
-            if pair.get("target_response"):
-                line = {"id": f"{cid}_turn{pair['turn_number']}", "conversation_id": cid}
-                line.update({k: pair[k] for k in JSONL_FIELDS[2:]})
-                lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
-    (data / "naive.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (data / "naive.json").unlink()
-    (data / "naive.jsonl").unlink()
-
-
-def orjson_floor(data: Path, n: int) -> None:
-    """The floor: load each source with orjson and write its trainable pairs as JSONL."""
-    rows = _rows(data, 0, n)
-    root = data / "storage" / "conversation-files"
-    with open(data / "floor.jsonl", "wb") as out:
-        for row in rows:
-            source = orjson.loads((root / row["key"]).read_bytes())
-            cid = row["conversation_id"]
-            for pair in source["training_pairs"]:
-                if pair.get("target_response"):
-                    line = {"id": f"{cid}_turn{pair['turn_number']}", "conversation_id": cid}
-                    line.update({k: pair[k] for k in JSONL_FIELDS[2:]})
-                    out.write(orjson.dumps(line))
-                    out.write(b"\n")
-    (data / "floor.jsonl").unlink()
 
 
 def s3_fetch_80(data: Path, endpoint: str) -> None:
@@ -188,8 +133,7 @@ def s3_fetch_80(data: Path, endpoint: str) -> None:
     print(json.dumps({"fetch_seconds": elapsed, "digest": digest[:12]}))
 
 
-TASKS = {"build_new": build_new, "add_80": add_80, "copy_previous": copy_previous,
-         "naive": naive, "orjson_floor": orjson_floor}
+TASKS = {"build_new": build_new, "add_80": add_80}
 
 if __name__ == "__main__":
     task, directory, argument = sys.argv[1], Path(sys.argv[2]), sys.argv[3]

@@ -7,12 +7,14 @@ serialized, one at a time. Hashes are computed while writing.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import math
 import re
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -24,8 +26,8 @@ from typing import IO, Any, BinaryIO
 import orjson
 
 from brightrun_pipeline.config import RetrySettings
-from brightrun_pipeline.db.repository import MemberRecord
 from brightrun_pipeline.errors import ObjectExists, ProcessingFailed, RequestRejected, StaleVersion
+from brightrun_pipeline.members import MemberRecord
 from brightrun_pipeline.models import (
     FORMAT_SPEC,
     FORMAT_VERSION,
@@ -43,6 +45,10 @@ from brightrun_pipeline.storage import ObjectStore
 
 CHUNK = 4 << 20
 BACKGROUND_HASH_MIN = 256 << 10
+# Chunks a HashingWriter may have in flight on its helper thread.
+WRITE_BEHIND = 4
+# Size of one spool segment file.
+SEGMENT = 32 << 20
 BLOCK_START = b"    {\n"
 BODY_OPEN = b',\n  "conversations": [\n'
 BODY_CLOSE = b"\n  ]\n}"
@@ -171,49 +177,133 @@ class _BackgroundHash:
 
 
 class HashingWriter:
-    """A binary file writer that hashes and counts what it writes.
+    """A binary file writer that hashes (optionally) and counts what it writes.
 
-    Small writes are gathered into large ones, so hashing (on a helper thread) overlaps with the
-    serialization and I/O of the caller.
+    Writes are gathered into chunks of about CHUNK bytes; a helper thread hashes and writes each
+    chunk in order (hashlib and file writes release the GIL), so the caller's parsing and
+    serialization overlap with hashing and I/O. At most WRITE_BEHIND chunks are in flight, so
+    memory stays bounded. Use it as a context manager, inside the one that closes `raw`.
     """
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes] | SpoolFiles, *, hashed: bool = True) -> None:
         self.raw = raw
-        self.hash = _BackgroundHash()
+        self._hash = hashlib.sha256() if hashed else None
         self.size = 0
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._pending: deque[Future[None]] = deque()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brightrun-write")
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._thread.shutdown(wait=True)
 
     def write(self, data: bytes) -> None:
-        """Write bytes, updating hash and size."""
+        """Write bytes (never mutated afterwards), updating hash and size."""
         self.size += len(data)
-        if len(data) >= BACKGROUND_HASH_MIN:
-            self.flush()
-            self.hash.update(data)
-            self.raw.write(data)
-            return
         self._buffer.append(data)
         self._buffered += len(data)
         if self._buffered >= CHUNK:
-            self.flush()
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self._buffer:
+            return
+        data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+        self._buffer = []
+        self._buffered = 0
+        while len(self._pending) >= WRITE_BEHIND:
+            self._pending.popleft().result()
+        self._pending.append(self._thread.submit(self._put, data))
+
+    def _put(self, data: bytes) -> None:
+        if self._hash is not None:
+            self._hash.update(data)
+        self.raw.write(data)
 
     def flush(self) -> None:
-        """Hand the gathered small writes to the file and the hash."""
-        if self._buffer:
-            data = b"".join(self._buffer)
-            self._buffer.clear()
-            self._buffered = 0
-            self.hash.update(data)
-            self.raw.write(data)
+        """Wait until everything written so far is hashed and handed to the file."""
+        self._submit()
+        while self._pending:
+            self._pending.popleft().result()
+        self.raw.flush()
 
     def hexdigest(self) -> str:
         """The sha256 of everything written so far."""
+        assert self._hash is not None, "this writer does not hash"
         self.flush()
-        return self.hash.hexdigest()
+        return self._hash.hexdigest()
 
     def result(self, key: str) -> ManifestObject:
         """The key, sha256 and size of what was written."""
         return ManifestObject(key=key, sha256=self.hexdigest(), size=self.size)
+
+
+class SpoolFiles:
+    """The raw side of a spool: bytes appended in order to segment files of about SEGMENT bytes.
+
+    Reading back in order (`drain`) deletes each segment as soon as it is copied, so the
+    page-cache memory it held is reused by the writes that follow instead of new memory.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._segments: list[tuple[int, Path]] = []  # (offset of its first byte, path)
+        self._current: IO[bytes] | None = None
+        self._written = 0
+        self._segment_start = 0
+
+    def write(self, data: bytes) -> None:
+        """Append bytes (called in order, from one thread at a time)."""
+        if self._current is None or self._written - self._segment_start >= SEGMENT:
+            self._close_current()
+            path = self.directory / f"spool-{len(self._segments):05d}"
+            self._current = open(path, "wb")  # noqa: SIM115 - closed by _close_current/close
+            self._segments.append((self._written, path))
+            self._segment_start = self._written
+        self._current.write(data)
+        self._written += len(data)
+
+    def flush(self) -> None:
+        """Hand buffered bytes to the files, so that they can be read."""
+        if self._current is not None:
+            self._current.flush()
+
+    def _close_current(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+    def close(self) -> None:
+        """Close the open segment (the files go with the build's work directory)."""
+        self._close_current()
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (the segments are still all there)."""
+        index = bisect.bisect_right([start for start, _ in self._segments], offset) - 1
+        parts = []
+        while length > 0:
+            start, path = self._segments[index]
+            with open(path, "rb") as segment:
+                segment.seek(offset - start)
+                part = segment.read(length)
+            parts.append(part)
+            offset += len(part)
+            length -= len(part)
+            index += 1
+        return b"".join(parts)
+
+    def drain(self, out: HashingWriter) -> None:
+        """Copy everything to `out` in order, deleting each segment once it is read."""
+        self._close_current()
+        for _, path in self._segments:
+            with open(path, "rb") as segment:
+                while chunk := segment.read(CHUNK):
+                    out.write(chunk)
+            path.unlink()
+        self._segments.clear()
 
 
 class VerifyingReader:
@@ -554,9 +644,12 @@ def _build(
     concurrency: int,
     retry: RetrySettings,
 ) -> BuiltVersion:
-    spool = stack.enter_context(open(work / "spool", "w+b"))  # noqa: SIM115
+    spool_files = SpoolFiles(work)
+    stack.callback(spool_files.close)
+    spool = stack.enter_context(HashingWriter(spool_files, hashed=False))
     rebuild_ids = {c.conversation_id for c in spec.rebuilds}
-    jsonl_out = HashingWriter(stack.enter_context(open(work / "training.jsonl", "wb")))  # noqa: SIM115
+    jsonl_out = stack.enter_context(
+        HashingWriter(stack.enter_context(open(work / "training.jsonl", "wb"))))  # noqa: SIM115
     # Appending only (the usual case): the JSONL is final as soon as each conversation is read,
     # and the spool holds exactly the bytes that follow the previous body in training.json.
     appending = not rebuild_ids
@@ -604,9 +697,9 @@ def _build(
             jsonl_out.write(lines)
             processed[conversation.conversation_id] = _Processed(member, 0, 0, 0, 0)
             continue
-        block_offset = spool.tell()
+        block_offset = spool.size
         spool.write(block)
-        lines_offset = spool.tell()
+        lines_offset = spool.size
         spool.write(lines)
         processed[conversation.conversation_id] = _Processed(
             member, block_offset, len(block), lines_offset, len(lines))
@@ -617,9 +710,10 @@ def _build(
             f"{len(ineligible)} conversation(s) cannot be added to {spec.file_name!r}", ineligible)
     assert profile is not None
 
+    spool.flush()
+
     def spooled(offset: int, length: int) -> bytes:
-        spool.seek(offset)
-        return spool.read(length)
+        return spool_files.read(offset, length)
 
     # Header figures and manifest entries, in file order.
     totals = HeaderTotals()
@@ -674,7 +768,8 @@ def _build(
     )
 
     # training.json and training.jsonl
-    json_out = HashingWriter(stack.enter_context(open(work / "training.json", "wb")))  # noqa: SIM115
+    json_out = stack.enter_context(
+        HashingWriter(stack.enter_context(open(work / "training.json", "wb"))))  # noqa: SIM115
     json_out.write(_document_prefix(metadata, profile))
     body_start = json_out.size
     wrote_block = False
@@ -697,9 +792,7 @@ def _build(
             reader.finish()
             wrote_block = True
     if appending:
-        spool.seek(0)
-        while chunk := spool.read(CHUNK):
-            json_out.write(chunk)
+        spool_files.drain(json_out)
     elif previous is not None:
         with outputs.open_read(output_bucket, previous.jsonl_key) as raw:
             reader = VerifyingReader(raw, expected_sha256=previous.jsonl_sha256,
@@ -733,7 +826,8 @@ def _build(
     jsonl_object = jsonl_out.result(keys["training.jsonl"])
 
     # manifest.json
-    manifest_out = HashingWriter(stack.enter_context(open(work / "manifest.json", "wb")))  # noqa: SIM115
+    manifest_out = stack.enter_context(
+        HashingWriter(stack.enter_context(open(work / "manifest.json", "wb"))))  # noqa: SIM115
     head = orjson.dumps({
         "training_file_id": spec.training_file_id,
         "file_name": spec.file_name,

@@ -52,6 +52,8 @@ class FetchedSource:
     key: str
     data: bytes | None
     error: BaseException | None
+    # sha256 of `data`, computed on the fetching thread (hashlib releases the GIL there).
+    sha256: str | None = None
 
 
 def fetch_sources(
@@ -73,9 +75,14 @@ def fetch_sources(
             data = fetch_with_retry(lambda: store.get_bytes(bucket, key), retry)
         except (ObjectNotFound, TransientStorageError) as exc:
             return FetchedSource(conversation_id, key, None, exc)
-        return FetchedSource(conversation_id, key, data, None)
+        return FetchedSource(conversation_id, key, data, None, hashlib.sha256(data).hexdigest())
 
     concurrency = min(concurrency, store.max_useful_concurrency or concurrency)
+    if concurrency <= 1:
+        # One at a time: in the caller's thread, with no hand-over between threads.
+        for conversation_id, key in wanted:
+            yield fetch_one(conversation_id, key)
+        return
     window = max(1, concurrency) * 2
     with ThreadPoolExecutor(max_workers=max(1, concurrency),
                             thread_name_prefix="brightrun-fetch") as pool:
@@ -127,4 +134,5 @@ def parse_source(fetched: FetchedSource) -> ParsedSource:
             f"enriched file {fetched.key!r} does not match the enriched format: "
             f"{where}: {first['msg']} ({exc.error_count()} problem(s))",
         ) from exc
-    return ParsedSource(cid, fetched.key, hashlib.sha256(fetched.data).hexdigest(), document)
+    digest = fetched.sha256 or hashlib.sha256(fetched.data).hexdigest()
+    return ParsedSource(cid, fetched.key, digest, document)

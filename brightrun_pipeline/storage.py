@@ -88,7 +88,13 @@ def _key_problem(key: str) -> str | None:
     return None
 
 
+# Keys made only of these characters (the usual case) need no per-character check.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._/ -]*")
+
+
 def _character_problem(text: str) -> str | None:
+    if _PLAIN_KEY.fullmatch(text):
+        return None
     if "\\" in text:
         return "backslash"
     if any(unicodedata.category(char) == "Cc" for char in text):
@@ -191,10 +197,11 @@ class LocalObjectStore(ObjectStore):
     """
 
     # Reads come from the page cache or a local disk: more threads only contend for the GIL.
-    max_useful_concurrency = 2
+    max_useful_concurrency = 1
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._real_buckets: dict[Path, str] = {}
 
     def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket directory unless it already exists."""
@@ -341,12 +348,31 @@ class LocalObjectStore(ObjectStore):
         if any(len(segment.encode("utf-8")) > _MAX_SEGMENT_BYTES for segment in segments):
             raise InvalidKey(f"invalid storage key {key!r}: segment longer than 255 bytes")
         bucket_dir = self._require_bucket(bucket) if existing_bucket else self._bucket_dir(bucket)
-        path = bucket_dir.joinpath(*segments)
-        real_bucket = os.path.realpath(bucket_dir)
-        relative = os.path.relpath(os.path.realpath(path), real_bucket)
-        if relative == os.curdir or relative.split(os.sep)[0] in (os.pardir, _SCRATCH):
+        if self._escapes(bucket_dir, segments):
             raise InvalidKey(f"invalid storage key {key!r}: resolves outside bucket {bucket!r}")
-        return path
+        return bucket_dir.joinpath(*segments)
+
+    def _escapes(self, bucket_dir: Path, segments: list[str]) -> bool:
+        """Whether the key's path leaves the bucket (or enters its scratch area) via a symlink.
+
+        Only the segments under the bucket are looked at (the bucket's own real path is resolved
+        once): a key with no symlink in it, the usual case, costs one lstat per segment.
+        """
+        real_bucket = self._real_buckets.get(bucket_dir)
+        if real_bucket is None:
+            real_bucket = self._real_buckets[bucket_dir] = os.path.realpath(bucket_dir)
+        current = real_bucket
+        for segment in segments:
+            current = os.path.join(current, segment)
+            try:
+                mode = os.lstat(current).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return False  # nothing below a missing entry can be a link
+            if stat.S_ISLNK(mode):
+                resolved = os.path.realpath(os.path.join(real_bucket, *segments))
+                relative = os.path.relpath(resolved, real_bucket)
+                return relative == os.curdir or relative.split(os.sep)[0] in (os.pardir, _SCRATCH)
+        return False
 
     def _temp_path(self, bucket: str) -> Path:
         return self.scratch_dir(bucket) / f"put-{secrets.token_hex(8)}"

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -25,6 +23,7 @@ from brightrun_pipeline.db.schema import (
     training_files,
 )
 from brightrun_pipeline.errors import RequestRejected, StaleVersion
+from brightrun_pipeline.members import MemberRecord
 from brightrun_pipeline.models import RequestError, SelectionRequest
 from brightrun_pipeline.rules import name_key
 
@@ -111,28 +110,6 @@ class VersionRecord:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class MemberRecord:
-    """A row of `training_file_conversations`: one conversation of a file and what built it."""
-
-    training_file_id: str
-    conversation_id: str
-    position: int
-    added_in_version: int
-    built_in_version: int
-    batch_id: str | None
-    source_key: str
-    source_sha256: str
-    source_updated_at: datetime | None
-    pair_count: int
-    trainable_pair_count: int
-    human_reviewed_count: int
-    quality_score: float | None
-    persona_key: str | None
-    emotional_arc_key: str | None
-    topic_key: str | None
-
-
 @dataclass(frozen=True)
 class NewFile:
     """The training file a first version creates."""
@@ -195,6 +172,10 @@ class Database:
 
     def upgrade(self) -> None:
         """Create or upgrade the schema (idempotent)."""
+        # Alembic is loaded only here: building and reading need none of it.
+        from alembic import command
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
