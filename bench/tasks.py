@@ -27,12 +27,12 @@ from brightrun_pipeline.builder import (
 )
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.members import MemberRecord
-from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
+from brightrun_pipeline.storage import LocalObjectStore, S3ObjectStore
 
 FILE_ID = "5b0c7f5e-1d1e-4c44-9a4e-6f3f1f6a2b10"
 PUBLISHED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 # Concurrency of source fetches in the benchmark; overridable via BENCH_CONCURRENCY.
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 
 
 class CountingStore(LocalObjectStore):
@@ -110,18 +110,18 @@ def add_80(data: Path, n: int) -> None:
 
 def s3_fetch_80(data: Path, endpoint: str) -> None:
     """80 source fetches from S3 (moto), BENCH_S3_LATENCY_MS (20) added to every request."""
-    import boto3
-
     from brightrun_pipeline.sources import fetch_sources
-    from brightrun_pipeline.storage import S3ObjectStore
+    from resources import ObjectStoreResource
 
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    # The client the product builds (dagster-aws S3Resource, pool sized to the concurrency).
+    store = ObjectStoreResource(backend="s3", endpoint_url=endpoint, region_name="us-east-1",
+                                aws_access_key_id="bench", aws_secret_access_key="bench",
+                                max_pool_connections=CONCURRENCY).store()
+    assert isinstance(store, S3ObjectStore)
     latency = float(os.environ.get("BENCH_S3_LATENCY_MS", "20")) / 1000
     if latency:
-        client.meta.events.register("before-send.s3.GetObject",
-                                    lambda **_: time.sleep(latency))
-    store: ObjectStore = S3ObjectStore(client)
+        store.client.meta.events.register("before-send.s3.GetObject",
+                                          lambda **_: time.sleep(latency))
     rows = _rows(data, 0, 80)
     started = time.perf_counter()
     fetched = list(fetch_sources(store, "conversation-files",

@@ -25,7 +25,7 @@ from brightrun_pipeline.errors import BrightRunError, RequestRejected, UsageErro
 from brightrun_pipeline.models import SelectionRequest
 from brightrun_pipeline.rules import ineligibility_reason, normalize_uuid
 from brightrun_pipeline.service import Pipeline
-from brightrun_pipeline.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
 
 
 class App:
@@ -38,11 +38,11 @@ class App:
     def store(self) -> ObjectStore:
         settings = self.settings
         if settings.storage_backend == "s3":
-            from dagster_aws.s3 import S3Resource
+            from resources import ObjectStoreResource
 
-            client = S3Resource(endpoint_url=settings.s3_endpoint_url,
-                                region_name=settings.s3_region).get_client()
-            return S3ObjectStore(client)
+            return ObjectStoreResource(backend="s3", endpoint_url=settings.s3_endpoint_url,
+                                       region_name=settings.s3_region,
+                                       max_pool_connections=settings.fetch_concurrency).store()
         return LocalObjectStore(settings.storage_root)
 
     @cached_property

@@ -30,7 +30,7 @@ class Settings:
     storage_backend: str = "local"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
-    fetch_concurrency: int = 16
+    fetch_concurrency: int = 32
     rematerialize_cron: str = "0 3 * * *"
     retry: RetrySettings = field(default_factory=RetrySettings)
 
@@ -79,7 +79,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         storage_backend=_choice(env, "BRIGHTRUN_STORAGE_BACKEND", ("local", "s3"), "local"),
         s3_endpoint_url=env.get("BRIGHTRUN_S3_ENDPOINT_URL") or None,
         s3_region=env.get("BRIGHTRUN_S3_REGION") or None,
-        fetch_concurrency=_int(env, "BRIGHTRUN_FETCH_CONCURRENCY", 16),
+        fetch_concurrency=_int(env, "BRIGHTRUN_FETCH_CONCURRENCY", 32),
         rematerialize_cron=env.get("BRIGHTRUN_REMATERIALIZE_CRON") or "0 3 * * *",
         retry=RetrySettings(
             attempts=_int(env, "BRIGHTRUN_FETCH_ATTEMPTS", 5),

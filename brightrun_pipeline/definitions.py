@@ -29,6 +29,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         root=str(settings.storage_root),
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
+        max_pool_connections=settings.fetch_concurrency,
     )
     return {
         "brightrun": BrightRunResource(

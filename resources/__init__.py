@@ -1,9 +1,15 @@
 """Dagster resources that hand the domain layer its database, object stores and settings."""
 
 
+from typing import Any
+
+import boto3
 import dagster as dg
+from botocore.config import Config
+from botocore.handlers import disable_signing
 from dagster_aws.s3 import S3Resource
-from pydantic import PrivateAttr
+from dagster_aws.utils import construct_boto_client_retry_config
+from pydantic import Field, PrivateAttr
 
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.db.repository import Database
@@ -24,6 +30,35 @@ class DatabaseResource(dg.ConfigurableResource):
         return self._database
 
 
+class PooledS3Resource(S3Resource):
+    """dagster-aws's S3Resource whose client keeps `max_pool_connections` connections.
+
+    botocore's default pool of 10 would cap the source fetches in flight at 10; everything
+    else (credentials, endpoint, retries) is configured as on S3Resource.
+    """
+
+    max_pool_connections: int = Field(default=32, ge=1,
+                                      description="HTTP connections the client keeps open.")
+
+    def get_client(self) -> Any:
+        config = construct_boto_client_retry_config(self.max_attempts).merge(
+            Config(max_pool_connections=self.max_pool_connections))
+        client = boto3.session.Session(profile_name=self.profile_name).client(
+            "s3",
+            region_name=self.region_name,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=config,
+        )
+        if self.use_unsigned_session:
+            client.meta.events.register("choose-signer.s3.*", disable_signing)
+        return client
+
+
 class ObjectStoreResource(dg.ConfigurableResource):
     """Object storage: a local directory (one subdirectory per bucket) or S3 via dagster-aws."""
 
@@ -34,18 +69,20 @@ class ObjectStoreResource(dg.ConfigurableResource):
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     max_attempts: int = 5
+    max_pool_connections: int = 32
 
     def store(self) -> ObjectStore:
         """The configured object store."""
         if self.backend == "local":
             return LocalObjectStore(self.root)
         if self.backend == "s3":
-            client = S3Resource(
+            client = PooledS3Resource(
                 endpoint_url=self.endpoint_url,
                 region_name=self.region_name,
                 aws_access_key_id=self.aws_access_key_id,
                 aws_secret_access_key=self.aws_secret_access_key,
                 max_attempts=self.max_attempts,
+                max_pool_connections=self.max_pool_connections,
             ).get_client()
             return S3ObjectStore(client)
         raise ValueError(f"unknown storage backend {self.backend!r} (expected 'local' or 's3')")
@@ -58,7 +95,7 @@ class BrightRunResource(dg.ConfigurableResource):
     storage: dg.ResourceDependency[ObjectStoreResource]
     source_bucket: str = "conversation-files"
     training_bucket: str = "training-files"
-    fetch_concurrency: int = 16
+    fetch_concurrency: int = 32
     fetch_attempts: int = 5
     fetch_base_delay: float = 0.2
     fetch_max_delay: float = 5.0

@@ -36,10 +36,10 @@ def s3_endpoint_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def make_s3_client(s3_endpoint_url: str) -> Callable[..., BaseClient]:
     """Build S3 clients for the moto server through dagster-aws, as production does."""
-    from dagster_aws.s3 import S3Resource
+    from resources import PooledS3Resource
 
     def make(**options: object) -> BaseClient:
-        return S3Resource(
+        return PooledS3Resource(
             endpoint_url=s3_endpoint_url,
             region_name="us-east-1",
             aws_access_key_id="testing",

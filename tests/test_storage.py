@@ -413,3 +413,25 @@ def test_local_store_put_file_of_the_object_itself_keeps_it(local_store: LocalOb
     local_store.put_file("training-files", "tf/v1/training.json", path)
 
     assert local_store.get_bytes("training-files", "tf/v1/training.json") == b"[]"
+
+
+def test_s3_store_from_the_resource_pools_as_many_connections_as_fetches(
+        s3_endpoint_url: str, bucket_name: str) -> None:
+    from resources import ObjectStoreResource
+
+    store = ObjectStoreResource(backend="s3", endpoint_url=s3_endpoint_url,
+                                region_name="us-east-1", aws_access_key_id="testing",
+                                aws_secret_access_key="testing", max_pool_connections=24,
+                                max_attempts=2).store()
+    assert isinstance(store, S3ObjectStore)
+    assert store.client.meta.config.max_pool_connections == 24
+    # Everything else as dagster-aws's own S3Resource configures it.
+    from dagster_aws.s3 import S3Resource
+    plain = S3Resource(endpoint_url=s3_endpoint_url, region_name="us-east-1",
+                       max_attempts=2).get_client()
+    assert store.client.meta.config.retries == plain.meta.config.retries
+    assert store.client.meta.endpoint_url == plain.meta.endpoint_url == s3_endpoint_url
+    assert store.max_useful_concurrency == 24
+    store.ensure_bucket(bucket_name)
+    store.put_bytes(bucket_name, "a/b.json", b"{}")
+    assert store.get_bytes(bucket_name, "a/b.json") == b"{}"
