@@ -22,6 +22,9 @@ if sys.argv[2] == "dagster":
     import dagster  # noqa: F401  (imported before timing, as in a long-lived process)
 
     from brightrun_pipeline.definitions import build_definitions  # noqa: F401
+
+    # An existing setup: the instance's storage is created once, not by the timed run.
+    dagster.DagsterInstance.get().dispose()
 started = time.perf_counter()
 claimed = pipeline.claim(request.id)
 assert claimed is not None

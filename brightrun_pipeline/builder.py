@@ -744,8 +744,9 @@ def _build(
         record(member)
     for conversation in spec.additions:
         position += 1
-        member = _placed(processed[conversation.conversation_id].member,
-                         tid=spec.training_file_id, position=position)
+        fresh = (processed.pop(conversation.conversation_id) if appending
+                 else processed[conversation.conversation_id])
+        member = _placed(fresh.member, tid=spec.training_file_id, position=position)
         added_members.append(member)
         record(member)
 

@@ -215,9 +215,9 @@ class LocalObjectStore(ObjectStore):
     @contextlib.contextmanager
     def open_read(self, bucket: str, key: str) -> Iterator[BinaryIO]:
         """Open the object for streaming reads; ObjectNotFound if it is missing."""
-        path = self._object_path(bucket, key, existing_bucket=True)
+        path = self._object_file(bucket, key, existing_bucket=True)
         try:
-            stream = path.open("rb")
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise ObjectNotFound(bucket, key) from exc
         with stream:
@@ -341,6 +341,9 @@ class LocalObjectStore(ObjectStore):
         return bucket_dir
 
     def _object_path(self, bucket: str, key: str, *, existing_bucket: bool = False) -> Path:
+        return Path(self._object_file(bucket, key, existing_bucket=existing_bucket))
+
+    def _object_file(self, bucket: str, key: str, *, existing_bucket: bool = False) -> str:
         validate_key(key)
         segments = key.split("/")
         if segments[0] == _SCRATCH:
@@ -350,7 +353,8 @@ class LocalObjectStore(ObjectStore):
         bucket_dir = self._require_bucket(bucket) if existing_bucket else self._bucket_dir(bucket)
         if self._escapes(bucket_dir, segments):
             raise InvalidKey(f"invalid storage key {key!r}: resolves outside bucket {bucket!r}")
-        return bucket_dir.joinpath(*segments)
+        # A plain string: pathlib would intern every segment, a table that only grows.
+        return os.path.join(bucket_dir, *segments)
 
     def _escapes(self, bucket_dir: Path, segments: list[str]) -> bool:
         """Whether the key's path leaves the bucket (or enters its scratch area) via a symlink.
