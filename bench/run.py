@@ -259,7 +259,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="80,1000,10000")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--output", type=Path, default=REPORT)
+    parser.add_argument("--rerender", action="store_true",
+                        help="measure nothing: rewrite the notes under the table already in "
+                             "--output (after editing them)")
     args = parser.parse_args()
+    if args.rerender:
+        table, results = read_table(args.output)
+        args.output.write_text(table + _analysis(results), encoding="utf-8")
+        print(f"rewrote the notes of {args.output}")
+        return
     results: list[Measure] = []
     for n in (int(size) for size in args.sizes.split(",")):
         print(f"N = {n} …", flush=True)
@@ -271,6 +279,19 @@ def main() -> None:
     print(table)
     args.output.write_text(table + _analysis(results), encoding="utf-8")
     print(f"wrote {args.output}")
+
+
+def read_table(report: Path) -> tuple[str, list[Measure]]:
+    """The text up to the end of a report's table, and the measures in it."""
+    lines = report.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| task |")) + 2
+    end = start
+    results = []
+    while end < len(lines) and lines[end].startswith("| "):
+        name, n, seconds, peak, note = (cell.strip() for cell in lines[end][2:-2].split(" | "))
+        results.append(Measure(name, int(n.replace(",", "")), float(seconds), float(peak), note))
+        end += 1
+    return "\n".join(lines[:end]) + "\n", results
 
 
 def _analysis(results: list[Measure]) -> str:
@@ -292,11 +313,13 @@ def _analysis(results: list[Measure]) -> str:
                    f"the copy floor, {add.note}, peak {add.peak_mb:.0f} MB.")
         if n == 10000:
             out.extend([
-                _goal("build ≤ 2.5× the orjson floor", build.seconds / floor.seconds <= 2.5),
-                _goal("build ≥ 10× faster than naive", naive.seconds / build.seconds >= 10),
-                _goal("build peak RSS ≤ 250 MB", build.peak_mb <= 250),
-                _goal("add 80: exactly 80 sources fetched", add.note.startswith("80 ")),
-                _goal("add 80 ≤ 2× the copy floor", add.seconds / copy.seconds <= 2),
+                _goal("build ≤ 2.5× the orjson floor", build.seconds, 2.5 * floor.seconds),
+                _goal("build ≥ 10× faster than naive", build.seconds, naive.seconds / 10),
+                _goal("build peak RSS ≤ 250 MB", build.peak_mb, 250, unit=" MB"),
+                f"  - build peak RSS flat from N = 1,000: {_flatness(by, n)}",
+                "  - add 80: exactly 80 sources fetched: "
+                + ("met" if add.note.startswith("80 ") else f"MISSED ({add.note})"),
+                _goal("add 80 ≤ 2× the copy floor", add.seconds, 2 * copy.seconds),
             ])
     s3 = next(m for m in results if m.name.startswith("80 S3 fetches (moto), 20 ms"))
     s3_floor = next(m for m in results if m.name.startswith("80 S3 fetches (moto), 0 ms"))
@@ -304,50 +327,80 @@ def _analysis(results: list[Measure]) -> str:
                f"same fetches with no added latency take {s3_floor.seconds:.2f} s (the moto "
                f"server's own cost), so 80 × 20 ms of latency cost "
                f"{s3.seconds - s3_floor.seconds:.2f} s.")
-    out.append(_goal("80 fetches at 20 ms latency < 0.5 s", s3.seconds < 0.5))
+    out.append(_goal("80 fetches at 20 ms latency < 0.5 s", s3.seconds, 0.5))
     out.append("")
     out.append(NOTES)
     return "\n".join(out) + "\n"
 
 
-def _goal(goal: str, met: bool) -> str:
-    return f"  - {goal}: {'met' if met else 'MISSED (see below)'}"
+def _goal(goal: str, value: float, limit: float, unit: str = " s") -> str:
+    if value <= limit:
+        return f"  - {goal}: met ({value:.2f}{unit}, limit {limit:.2f}{unit})"
+    return (f"  - {goal}: MISSED by {value - limit:.2f}{unit} ({value:.2f}{unit} against "
+            f"{limit:.2f}{unit}, {100 * (value / limit - 1):.0f} % over; see below)")
 
 
-NOTES = """## Reading the numbers
+def _flatness(by: dict[tuple[str, int], Measure], n: int) -> str:
+    name = "build new file (JSON + JSONL + manifest)"
+    if (name, 1000) not in by:
+        return "not measured"
+    small, large = by[(name, 1000)].peak_mb, by[(name, n)].peak_mb
+    verdict = "met (within 5 %)" if large <= small * 1.05 else "MISSED"
+    return (f"{verdict}: {small:.0f} MB → {large:.0f} MB ({large - small:+.0f} MB, "
+            f"{1000 * (large - small) / (n - 1000):.1f} kB per conversation; see below)")
 
-- **Writing new bytes is expensive on this virtual machine**: page-cache memory the guest has not
-  touched recently costs a hypervisor fault per page, about 3 s per GB written (the "write as
-  many bytes as the JSON + JSONL" row; the same writes into recycled memory run at ~3 GB/s). A
-  build writes the JSON and the JSONL, 2.3× the bytes of the orjson floor's JSONL, plus a spool
-  for the JSON body; that write cost alone is of the order of the whole orjson floor.
-- **Builds from scratch** parse and validate every source against the enriched model, hash it,
-  serialize its block (indented) and its JSONL lines, and hash both outputs while writing them
-  (helper threads do the hashing and the writes, so they overlap with parsing). The header comes
-  first in the file and is only known once every source is read, so the blocks go to a spool of
-  32 MiB segment files first; each segment is deleted as soon as it is copied behind the header,
-  so the copy reuses its memory. Then the three objects are fsynced. In production a request adds
-  at most 80 conversations; only `files verify` and rematerializations rebuild many at once.
-- **Incremental adds** copy the previous version's conversation blocks and JSONL as bytes
-  (checked against the recorded sha256 on the way), fetch and parse only the 80 new sources, and
-  hash while writing. Their time is the copy plus a constant; their memory does not depend on the
-  size of the file.
-- **The naive baseline** keeps every source in memory (the RSS column) and serializes with the
-  standard library's pure-Python indenting encoder. Being 10× faster than it at N = 10,000 means
-  building in a tenth of its time, which is below what writing the two outputs costs here.
-- **Peak RSS** of a build from scratch rises with N only by the per-conversation bookkeeping:
-  the benchmark's own list of conversations to build (~0.75 kB each, as the service's list from
-  the database) and the membership facts the builder returns for the database (~0.3 kB each).
-  The bytes of the file are never held; adding 80 conversations has the same peak at any size.
-- Timings on this machine vary by ±15 % between runs (shared disk, page cache, the hypervisor);
-  the ratios above come from one run of the harness, as the table.
+
+NOTES = """## Why the misses
+
+- **Full build against the orjson floor.** The floor does one `loads` and one compact `dumps`
+  per source, for the JSONL only. A build does that and also validates every source against the
+  enriched model, hashes it, serializes every conversation a second time as an indented JSON
+  block, writes and hashes 2.3× the floor's bytes (JSON and JSONL), spools the JSON body and
+  copies it behind the header (the header comes first and is only known once every source is
+  read), and fsyncs the objects. A profile of the 10,000-conversation build (cProfile, same data)
+  puts the calling thread at about 5 s of CPU: `orjson.loads` 1.1 s, validation 0.6 s,
+  serialization 0.8 s, gathering writes 0.3 s, source sha256 0.4 s, reads 0.35 s, fsync 0.5 s;
+  helper threads add ~0.8 s of sha256 over the outputs (sha256 runs at ~1.7 GB/s here) and the
+  writes. On 2 cores that cannot come within 2.5× of a single-pass JSONL writer; the next lever
+  would be parsing and serializing in a second process. It is not built: a request adds at most
+  80 conversations, where a process pool costs more than it saves, and only `files verify` and
+  large rematerializations build thousands at once.
+- **10× faster than the naive baseline** means building in a tenth of the naive's time, which on
+  this machine is within 2× of the orjson floor (the "naive is N× the floor" figure above); the
+  same reasons apply. The naive baseline's real cost is memory: see its RSS column.
+- **Add 80 against the copy floor.** The copy floor only reads and writes the bytes. An add also
+  checks the previous JSON against its recorded sha256 while copying it, hashes the new JSON and
+  JSONL while writing them (about 2 GB of sha256 at N = 10,000, ~1.2 s of CPU over two helper
+  threads), fsyncs the new objects, and starts a Python process that loads the builder (~0.4 s).
+  Those are fixed costs per byte or per run that the copy does not have; when writing is slow
+  (next point) the copy slows down as much as the add and the ratio drops under 2×.
+- **Peak RSS from N = 1,000 to 10,000** grows by per-conversation bookkeeping, not by bytes of
+  the file: tracemalloc at N = 10,000 finds the benchmark's own list of conversations to build
+  (7.5 MB, ~0.75 kB each, as the service's list read from the database) and the membership facts
+  the builder returns for the database insert (2.9 MB, ~0.3 kB each); the rest is allocator
+  overhead. Making it flat means streaming the conversations in from the database and the
+  membership rows out to it instead of passing lists; not done, because a request holds at most
+  80. Adding 80 conversations has the same peak at every file size (the "add 80" rows).
+
+## Reading the numbers
+
+- **The memory state of this virtual machine moves the write-heavy rows.** The "write as many
+  bytes as the JSON + JSONL" row shows it: ~0.3 s for 1.27 GB when the page cache reuses memory
+  freed by the previous task, 3–4 s when the memory is new to the guest (a hypervisor fault per
+  page). The copy floor and the builds move with it, so ratios can differ by up to 2× between
+  runs; the figures above all come from this one run of the harness.
+- **Builds from scratch** use helper threads for hashing and writing (`HashingWriter`), so they
+  overlap with parsing; the spool is a series of 32 MiB segment files, each deleted as soon as it
+  is copied, so the copy reuses its memory.
+- **Incremental adds** copy the previous version's blocks and JSONL as bytes, fetch and parse
+  only the 80 new sources, and hash while writing; their memory does not depend on the file size.
 - **80 S3 fetches** run 32 at a time over 32 pooled connections; the row without added latency
   is the moto server's own cost (one Python process serving every request), the floor of the row
   with latency.
-- **Request latency through Dagster**: our code needs ~0.15 s of a request of 80 (the "service
-  only" row); the rest is Dagster's run bookkeeping: about 64 events per run (step, output,
-  check and materialization events), each a separate SQLite transaction on the embedded
-  instance. The run already uses the in-process executor (no step subprocesses) and the timing
+- **Request latency through Dagster**: our code needs ~0.1–0.2 s of a request of 80 (the
+  "service only" row); the rest is Dagster's run bookkeeping: about 64 events per run (step,
+  output, check and materialization events), each its own SQLite transaction on the embedded
+  instance. The run already uses the in-process executor (no step subprocesses), and the timing
   starts on an existing instance. The daemon row adds the sensor interval (2 s), the run queue's
   dequeue interval (1 s) and the start of a run worker process.
 """
