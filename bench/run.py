@@ -108,48 +108,75 @@ def baseline(name: str, directory: Path, argument: str) -> list[str]:
     return [sys.executable, "-m", "bench.baselines", name, str(directory), argument]
 
 
+@dataclass
+class Row:
+    """One row of the table: how to run it once, and what to note from its output."""
+
+    name: str
+    command: list[str]
+    before: Callable[[], None] = lambda: None
+    shell: bool = False
+    note: Callable[[str], str] = lambda _out: ""
+    repeat: int | None = None  # None: the harness's --repeat
+
+
 def bench_size(n: int, repeat: int) -> list[Measure]:
-    """Every row of the table for one data set size."""
+    """Every row of the table for one data set size.
+
+    The repetitions are interleaved (round 1 runs every task once, then round 2, ...), so a
+    change in the machine's state during the run (page cache, disk writeback) reaches our tasks
+    and the floors they are compared with alike.
+    """
     directory = generate(n)
     with open(directory / "rows.jsonl", "rb") as lines:
         rows = [orjson.loads(line) for _, line in zip(range(n), lines, strict=False)]
     sources = directory / "storage" / "conversation-files"
     file_list = directory / "files.txt"
     file_list.write_bytes(b"\0".join(str(sources / r["key"]).encode() for r in rows))
-    results = []
     # Every build starts from an empty output bucket, as a new file's first version does.
     outputs = directory / "storage" / "training-files"
-    seconds, peak, out = measured(task("build_new", directory, str(n)), repeat,
-                                  before=lambda: shutil.rmtree(outputs, ignore_errors=True))
-    facts = orjson.loads(out.strip().splitlines()[-1])
-    results.append(Measure("build new file (JSON + JSONL + manifest)", n, seconds, peak,
-                           f"{facts['fetched']} fetched; JSON {facts['json_bytes'] / 1e6:.0f} MB,"
-                           f" JSONL {facts['jsonl_bytes'] / 1e6:.0f} MB"))
-    version_2 = directory / "storage" / "training-files" / FILE_ID / "v2"
-    seconds, peak, out = measured(task("add_80", directory, str(n)), repeat,
-                                  before=lambda: shutil.rmtree(version_2, ignore_errors=True))
-    facts = orjson.loads(out.strip().splitlines()[-1])
-    results.append(Measure("add 80 to the file", n, seconds, peak,
-                           f"{facts['fetched']} sources fetched"))
-    seconds, peak, _ = measured(baseline("copy_previous", directory, str(n)), repeat)
-    results.append(Measure("floor of an add: copy previous JSON + JSONL", n, seconds, peak))
+    version_2 = outputs / FILE_ID / "v2"
+
+    def built_note(out: str) -> str:
+        facts = orjson.loads(out.strip().splitlines()[-1])
+        return (f"{facts['fetched']} fetched; JSON {facts['json_bytes'] / 1e6:.0f} MB,"
+                f" JSONL {facts['jsonl_bytes'] / 1e6:.0f} MB")
+
+    def added_note(out: str) -> str:
+        return f"{orjson.loads(out.strip().splitlines()[-1])['fetched']} sources fetched"
+
     naive_repeat = 1 if n >= 10000 else repeat
-    seconds, peak, _ = measured(baseline("naive", directory, str(n)), naive_repeat)
-    results.append(Measure("naive baseline (load all, json.dump indent=2)", n, seconds, peak,
-                           f"{naive_repeat} run(s)"))
-    if shutil.which("jq"):
-        seconds, peak, _ = measured(
-            ["xargs", "-0", "-a", str(file_list), "jq", "-c", f"'{JQ_PROGRAM}'", ">", "/dev/null"],
-            repeat, shell=True)
-        results.append(Measure("jq -c JSONL pass", n, seconds, peak))
-    seconds, peak, _ = measured(["xargs", "-0", "-a", str(file_list), "cat", ">", "/dev/null"],
-                                repeat, shell=True)
-    results.append(Measure("floor: cat the sources", n, seconds, peak))
-    seconds, peak, _ = measured(baseline("orjson_floor", directory, str(n)), repeat)
-    results.append(Measure("floor: orjson JSONL pass, one file at a time", n, seconds, peak))
-    seconds, peak, _ = measured(baseline("write_floor", directory, str(n)), repeat)
-    results.append(Measure("floor: write as many bytes as the JSON + JSONL to new files", n,
-                           seconds, peak, "no parsing, hashing or fsync"))
+    rows_to_run = [
+        Row("build new file (JSON + JSONL + manifest)", task("build_new", directory, str(n)),
+            before=lambda: shutil.rmtree(outputs, ignore_errors=True), note=built_note),
+        Row("add 80 to the file", task("add_80", directory, str(n)),
+            before=lambda: shutil.rmtree(version_2, ignore_errors=True), note=added_note),
+        Row("floor of an add: copy previous JSON + JSONL",
+            baseline("copy_previous", directory, str(n))),
+        Row("naive baseline (load all, json.dump indent=2)", baseline("naive", directory, str(n)),
+            note=lambda _out: f"{naive_repeat} run(s)", repeat=naive_repeat),
+        *([Row("jq -c JSONL pass", ["xargs", "-0", "-a", str(file_list), "jq", "-c",
+                                    f"'{JQ_PROGRAM}'", ">", "/dev/null"], shell=True)]
+          if shutil.which("jq") else []),
+        Row("floor: cat the sources",
+            ["xargs", "-0", "-a", str(file_list), "cat", ">", "/dev/null"], shell=True),
+        Row("floor: orjson JSONL pass, one file at a time",
+            baseline("orjson_floor", directory, str(n))),
+        Row("floor: write as many bytes as the JSON + JSONL to new files",
+            baseline("write_floor", directory, str(n)),
+            note=lambda _out: "no parsing, hashing or fsync"),
+    ]
+    samples: dict[str, list[tuple[float, float, str]]] = {row.name: [] for row in rows_to_run}
+    for round_ in range(repeat):
+        for row in rows_to_run:
+            if round_ < (row.repeat or repeat):
+                samples[row.name].append(measured(row.command, 1, shell=row.shell,
+                                                  before=row.before))
+    results = []
+    for row in rows_to_run:
+        runs = samples[row.name]
+        results.append(Measure(row.name, n, statistics.median(r[0] for r in runs),
+                               statistics.median(r[1] for r in runs), row.note(runs[-1][2])))
     return results
 
 
