@@ -8,11 +8,14 @@ serialized, one at a time. Hashes are computed while writing.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import hashlib
 import io
 import math
+import os
 import re
 import shutil
+import sys
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -49,6 +52,8 @@ BACKGROUND_HASH_MIN = 256 << 10
 WRITE_BEHIND = 4
 # Size of one spool segment file.
 SEGMENT = 32 << 20
+# A durable writer asks the OS to start writing to disk after every WRITEBACK bytes.
+WRITEBACK = 32 << 20
 BLOCK_START = b"    {\n"
 BODY_OPEN = b',\n  "conversations": [\n'
 BODY_CLOSE = b"\n  ]\n}"
@@ -176,6 +181,23 @@ class _BackgroundHash:
         return self.snapshot().hexdigest()
 
 
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which starts writing a file range to disk without waiting."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
 class HashingWriter:
     """A binary file writer that hashes (optionally) and counts what it writes.
 
@@ -183,9 +205,14 @@ class HashingWriter:
     chunk in order (hashlib and file writes release the GIL), so the caller's parsing and
     serialization overlap with hashing and I/O. At most WRITE_BEHIND chunks are in flight, so
     memory stays bounded. Use it as a context manager, inside the one that closes `raw`.
+
+    A `durable` writer also starts writing its file to disk as it goes (every WRITEBACK bytes,
+    where the OS allows it) and can fsync in the background (`sync`), so that making the file
+    durable at publication does not wait for all of it at the end.
     """
 
-    def __init__(self, raw: IO[bytes] | SpoolFiles, *, hashed: bool = True) -> None:
+    def __init__(self, raw: IO[bytes] | SpoolFiles, *, hashed: bool = True,
+                 durable: bool = False) -> None:
         self.raw = raw
         self._hash = hashlib.sha256() if hashed else None
         self.size = 0
@@ -193,6 +220,9 @@ class HashingWriter:
         self._buffered = 0
         self._pending: deque[Future[None]] = deque()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brightrun-write")
+        self._durable = durable
+        self._written = 0
+        self._written_back = 0
 
     def __enter__(self) -> HashingWriter:
         return self
@@ -222,6 +252,31 @@ class HashingWriter:
         if self._hash is not None:
             self._hash.update(data)
         self.raw.write(data)
+        self._written += len(data)
+        if self._durable and self._written - self._written_back >= WRITEBACK:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Ask the OS to start writing what was written since the last call (no waiting)."""
+        if _SYNC_FILE_RANGE is None or isinstance(self.raw, SpoolFiles):
+            return
+        self.raw.flush()
+        _SYNC_FILE_RANGE(self.raw.fileno(), self._written_back,
+                         self._written - self._written_back, _SYNC_FILE_RANGE_WRITE)
+        self._written_back = self._written
+
+    def _fsync(self) -> None:
+        assert not isinstance(self.raw, SpoolFiles)
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+
+    def sync(self) -> None:
+        """Once everything written so far is in the file, fsync it on the helper thread (the
+        caller goes on; `flush` and `result` wait for it). No-op unless `durable`."""
+        if not self._durable:
+            return
+        self._submit()
+        self._pending.append(self._thread.submit(self._fsync))
 
     def flush(self) -> None:
         """Wait until everything written so far is hashed and handed to the file."""
@@ -248,8 +303,9 @@ class SpoolFiles:
     page-cache memory it held is reused by the writes that follow instead of new memory.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, name: str = "spool") -> None:
         self.directory = directory
+        self.name = name
         self._segments: list[tuple[int, Path]] = []  # (offset of its first byte, path)
         self._current: IO[bytes] | None = None
         self._written = 0
@@ -259,7 +315,7 @@ class SpoolFiles:
         """Append bytes (called in order, from one thread at a time)."""
         if self._current is None or self._written - self._segment_start >= SEGMENT:
             self._close_current()
-            path = self.directory / f"spool-{len(self._segments):05d}"
+            path = self.directory / f"{self.name}-{len(self._segments):05d}"
             self._current = open(path, "wb")  # noqa: SIM115 - closed by _close_current/close
             self._segments.append((self._written, path))
             self._segment_start = self._written
@@ -648,16 +704,30 @@ def _build(
     stack.callback(spool_files.close)
     spool = stack.enter_context(HashingWriter(spool_files, hashed=False))
     rebuild_ids = {c.conversation_id for c in spec.rebuilds}
-    jsonl_out = stack.enter_context(
-        HashingWriter(stack.enter_context(open(work / "training.jsonl", "wb"))))  # noqa: SIM115
+    durable = outputs.syncs_files
+    jsonl_out = stack.enter_context(HashingWriter(
+        stack.enter_context(open(work / "training.jsonl", "wb")), durable=durable))  # noqa: SIM115
     # Appending only (the usual case): the JSONL is final as soon as each conversation is read,
     # and the spool holds exactly the bytes that follow the previous body in training.json.
     appending = not rebuild_ids
     previous = spec.previous
+    new_lines = jsonl_out
+    previous_jsonl: Future[None] | None = None
     if appending and previous is not None:
-        with outputs.open_read(output_bucket, previous.jsonl_key) as raw:
-            copy_verified_prefix(raw, jsonl_out, previous.jsonl_sha256, previous.jsonl_size,
-                                 f"training.jsonl of version {previous.version}")
+        # The previous JSONL is copied (and checked) on a helper thread while the new sources
+        # are read and training.json is written; the new lines wait in a spool of their own.
+        def copy_previous_jsonl() -> None:
+            assert previous is not None
+            with outputs.open_read(output_bucket, previous.jsonl_key) as raw:
+                copy_verified_prefix(raw, jsonl_out, previous.jsonl_sha256, previous.jsonl_size,
+                                     f"training.jsonl of version {previous.version}")
+
+        helper = stack.enter_context(
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="brightrun-copy"))
+        previous_jsonl = helper.submit(copy_previous_jsonl)
+        lines_files = SpoolFiles(work, name="lines")
+        stack.callback(lines_files.close)
+        new_lines = stack.enter_context(HashingWriter(lines_files, hashed=False))
     profile = spec.consultant_profile
     vertical = spec.vertical
     processed: dict[str, _Processed] = {}
@@ -694,7 +764,7 @@ def _build(
             if previous is not None or processed:
                 spool.write(BLOCK_SEPARATOR)
             spool.write(block)
-            jsonl_out.write(lines)
+            new_lines.write(lines)
             processed[conversation.conversation_id] = _Processed(member, 0, 0, 0, 0)
             continue
         block_offset = spool.size
@@ -703,6 +773,8 @@ def _build(
         spool.write(lines)
         processed[conversation.conversation_id] = _Processed(
             member, block_offset, len(block), lines_offset, len(lines))
+    if appending and previous_jsonl is None:
+        jsonl_out.sync()  # complete: its fsync overlaps with writing training.json
     if ineligible:
         if rebuild_ids & ineligible.keys():
             raise ProcessingFailed("re-enriched sources changed consultant", ineligible)
@@ -769,8 +841,8 @@ def _build(
     )
 
     # training.json and training.jsonl
-    json_out = stack.enter_context(
-        HashingWriter(stack.enter_context(open(work / "training.json", "wb"))))  # noqa: SIM115
+    json_out = stack.enter_context(HashingWriter(
+        stack.enter_context(open(work / "training.json", "wb")), durable=durable))  # noqa: SIM115
     json_out.write(_document_prefix(metadata, profile))
     body_start = json_out.size
     wrote_block = False
@@ -821,9 +893,17 @@ def _build(
         json_out.write(spooled(fresh.block_offset, fresh.block_length))
         jsonl_out.write(spooled(fresh.lines_offset, fresh.lines_length))
         wrote_block = True
+    if previous_jsonl is not None:
+        previous_jsonl.result()
+        new_lines.flush()
+        lines_files.drain(jsonl_out)
+        jsonl_out.sync()
     body_end = json_out.size
     json_out.write(BODY_CLOSE)
     json_object = json_out.result(keys["training.json"])
+    json_out.sync()  # overlaps with writing the manifest
+    if not appending:
+        jsonl_out.sync()
     jsonl_object = jsonl_out.result(keys["training.jsonl"])
 
     # manifest.json

@@ -145,6 +145,8 @@ class ObjectStore(ABC):
 
     # Reads worth having in flight at once; None means as many as the caller asks for.
     max_useful_concurrency: int | None = None
+    # Whether put_file fsyncs the file it takes: writers of such files may start early.
+    syncs_files: bool = False
 
     @abstractmethod
     def ensure_bucket(self, bucket: str) -> None:
@@ -198,6 +200,7 @@ class LocalObjectStore(ObjectStore):
 
     # Reads come from the page cache or a local disk: more threads only contend for the GIL.
     max_useful_concurrency = 1
+    syncs_files = True
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
