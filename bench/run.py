@@ -423,45 +423,52 @@ def _flatness(by: dict[tuple[str, int], Measure], n: int) -> str:
             f"{1000 * (large - small) / (n - 1000):.1f} kB per conversation; see below)")
 
 
-NOTES = """## Why the misses
+NOTES = """## What the goals depend on, and why the misses
 
-- **Full build against the orjson floor.** The floor does one `loads` and one compact `dumps`
-  per source, for the JSONL only. A build does that and also validates every source against the
-  enriched model, hashes it, serializes every conversation a second time as an indented JSON
-  block, writes and hashes 2.3× the floor's bytes (JSON and JSONL), spools the JSON body and
-  copies it behind the header (the header comes first and is only known once every source is
-  read), and fsyncs the objects. A profile of the 10,000-conversation build (cProfile, same data)
-  puts the calling thread at about 5 s of CPU: `orjson.loads` 1.1 s, validation 0.6 s,
-  serialization 0.8 s, gathering writes 0.3 s, source sha256 0.4 s, reads 0.35 s, fsync 0.5 s;
-  helper threads add ~0.8 s of sha256 over the outputs (sha256 runs at ~1.7 GB/s here) and the
-  writes. On 2 cores that cannot come within 2.5× of a single-pass JSONL writer; the next lever
-  would be parsing and serializing in a second process. It is not built: a request adds at most
-  80 conversations, where a process pool costs more than it saves, and only `files verify` and
-  large rematerializations build thousands at once.
-- **10× faster than the naive baseline** means building in a tenth of the naive's time, which on
-  this machine is within 2× of the orjson floor (the "naive is N× the floor" figure above); the
-  same reasons apply. The naive baseline's real cost is memory: see its RSS column.
+- **The memory state of this virtual machine moves every write-heavy row, floors included.**
+  Page-cache memory that is new to the guest costs a hypervisor fault per page (about 3 s per GB
+  written); memory the kernel has just freed is reused at several GB/s. The "write as many bytes
+  as the JSON + JSONL" rows show which state a run was in, and the "memory recycled" rows repeat
+  the 10,000-conversation measurements with 2 GiB written and deleted just before each task.
+  When writing is slow, the floors (which do little else) slow down more than our tasks; with
+  recycled memory, the CPU work that the floors do not do decides the ratios.
+- **Full build against the orjson floor, and 10× faster than the naive baseline.** The floor
+  does one `loads` and one compact `dumps` per source, for the JSONL only. A build does that and
+  also validates every source against the enriched model, hashes it, serializes every
+  conversation a second time as an indented JSON block, writes and hashes 2.3× the floor's bytes
+  (JSON and JSONL), spools the JSON body and copies it behind the header (the header comes first
+  and is only known once every source is read), and fsyncs the objects. A profile of the
+  10,000-conversation build (cProfile, same data) puts the calling thread at about 5 s of CPU:
+  `orjson.loads` 1.1 s, validation 0.6 s, serialization 0.8 s, gathering writes 0.3 s, source
+  sha256 0.4 s, reads 0.35 s; helper threads hash the outputs (sha256 runs at ~1.7 GB/s here)
+  and write them. 10× faster than the naive baseline means building in about 1.6× the orjson
+  floor's time on this machine, less than that CPU work takes on one core. Parsing and
+  serializing in two worker processes was tried: on this 2-core machine it was slower (7.3 and
+  9.7 s against 6.1 s in one process), because moving 2 GB of sources and outputs through pipes
+  costs as much CPU as it spreads; it was not kept. A request adds at most 80 conversations;
+  only `files verify` and large rematerializations build thousands at once.
 - **Add 80 against the copy floor.** The copy floor only reads and writes the bytes. An add also
   checks the previous JSON against its recorded sha256 while copying it, hashes the new JSON and
-  JSONL while writing them (about 2 GB of sha256 at N = 10,000, ~1.2 s of CPU over two helper
-  threads), fsyncs the new objects, and starts a Python process that loads the builder (~0.4 s).
-  Those are fixed costs per byte or per run that the copy does not have; when writing is slow
-  (next point) the copy slows down as much as the add and the ratio drops under 2×.
+  JSONL while writing them (about 2 GB of sha256 at N = 10,000, ~1.2 s of CPU over helper
+  threads, the previous JSONL copied on its own thread alongside the JSON), makes the new objects
+  durable (fsync, with writeback started as they are written), and starts a Python process that
+  loads the builder (~0.4 s).
 - **Peak RSS from N = 1,000 to 10,000** grows by per-conversation bookkeeping, not by bytes of
   the file: tracemalloc at N = 10,000 finds the benchmark's own list of conversations to build
   (7.5 MB, ~0.75 kB each, as the service's list read from the database) and the membership facts
   the builder returns for the database insert (2.9 MB, ~0.3 kB each); the rest is allocator
   overhead. Making it flat means streaming the conversations in from the database and the
   membership rows out to it instead of passing lists; not done, because a request holds at most
-  80. Adding 80 conversations has the same peak at every file size (the "add 80" rows).
+  80.
+- **Peak RSS of an add** is set by the copy pipelines' buffers (at most four 4 MiB chunks in
+  flight per writer, the previous JSONL and JSON copied at the same time), not by the file: it
+  rises until the files are large enough for both copies to fill their queues and stays there.
+  Measured outside this table with the same tasks: Python-level peak (tracemalloc) 33 MB at
+  1,000, 44 MB at 10,000 and 45 MB at 20,000 conversations; process peak RSS 92–95 MB at 20,000
+  against 95–99 MB at 10,000.
 
 ## Reading the numbers
 
-- **The memory state of this virtual machine moves the write-heavy rows.** The "write as many
-  bytes as the JSON + JSONL" row shows it: ~0.3 s for 1.27 GB when the page cache reuses memory
-  freed by the previous task, 3–4 s when the memory is new to the guest (a hypervisor fault per
-  page). The copy floor and the builds move with it, so ratios can differ by up to 2× between
-  runs; the figures above all come from this one run of the harness.
 - **Builds from scratch** use helper threads for hashing and writing (`HashingWriter`), so they
   overlap with parsing; the spool is a series of 32 MiB segment files, each deleted as soon as it
   is copied, so the copy reuses its memory.
