@@ -257,7 +257,9 @@ class HashingWriter:
             self._start_writeback()
 
     def _start_writeback(self) -> None:
-        """Ask the OS to start writing what was written since the last call (no waiting)."""
+        """Ask the OS to start writing what was written since the last call (no waiting).
+
+        Only a head start: its result is not checked, the fsync at publication decides."""
         if _SYNC_FILE_RANGE is None or isinstance(self.raw, SpoolFiles):
             return
         self.raw.flush()
