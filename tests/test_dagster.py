@@ -4,6 +4,7 @@ sensor and rematerialization — on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from brightrun_pipeline.config import Settings
 from brightrun_pipeline.db.schema import conversations, selection_requests
 from brightrun_pipeline.definitions import build_definitions
 from brightrun_pipeline.demo_data import reenrich_conversation
+from brightrun_pipeline.launcher import run_request_in_process
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import LocalObjectStore
 from jobs import TRAINING_FILE_JOB
@@ -345,3 +347,27 @@ def test_request_run_needs_a_request_tag_or_rebuilds(
     assert "no published version" in failure.event_specific_data.error.to_string()  # type: ignore[union-attr]
 
 
+
+
+def test_a_run_on_the_repository_instance_keeps_no_debug_events(
+    settings: Settings, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The repository's dagster.yaml, as `files create --wait` and `make dev` use it.
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    request = pipeline.submit(conversation_ids=[eligible(dataset)[0].conversation_id],
+                              new_file_name="Quiet")
+    claimed = pipeline.claim(request.id)
+    assert claimed is not None
+
+    outcome = run_request_in_process(settings, request.id, claimed.target_file_id)
+
+    assert outcome.success
+    with dg.DagsterInstance.get() as instance:
+        entries = instance.all_logs(outcome.run_id)
+    # Dagster's own events are recorded at DEBUG level; log messages below INFO are dropped.
+    assert any(entry.is_dagster_event for entry in entries)
+    debug_messages = [entry.user_message for entry in entries
+                      if not entry.is_dagster_event and entry.level < logging.INFO]
+    assert debug_messages == []
