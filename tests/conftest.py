@@ -16,7 +16,7 @@ from psycopg import sql
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.db.repository import Database
 from brightrun_pipeline.service import Pipeline
-from brightrun_pipeline.storage import LocalObjectStore
+from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
 
 
 @pytest.fixture(scope="session")
@@ -142,14 +142,16 @@ def make_pipeline(
 ) -> Callable[..., Pipeline]:
     """Pipelines on the test's database; each gets the given store or a local one under tmp_path."""
 
-    def make(store: LocalObjectStore | None = None, *, attempts: int = 3) -> Pipeline:
+    def make(store: ObjectStore | None = None, *, attempts: int = 3,
+             source_bucket: str = SOURCE_BUCKET,
+             training_bucket: str = TRAINING_BUCKET) -> Pipeline:
         database = make_database(database_url)
         database.upgrade()
         store = store if store is not None else LocalObjectStore(tmp_path / "storage")
-        store.ensure_bucket(SOURCE_BUCKET)
-        store.ensure_bucket(TRAINING_BUCKET)
-        return Pipeline(database, store, source_bucket=SOURCE_BUCKET,
-                        training_bucket=TRAINING_BUCKET, fetch_concurrency=4,
+        store.ensure_bucket(source_bucket)
+        store.ensure_bucket(training_bucket)
+        return Pipeline(database, store, source_bucket=source_bucket,
+                        training_bucket=training_bucket, fetch_concurrency=4,
                         retry=RetrySettings(attempts=attempts, base_delay=0.0, max_delay=0.0))
 
     return make

@@ -48,9 +48,10 @@ from brightrun_pipeline.errors import (
     StaleVersion,
     TransientStorageError,
 )
+from brightrun_pipeline.reproduce import reproduce_version
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.sources import fetch_sources, fetch_with_retry
-from brightrun_pipeline.storage import LocalObjectStore
+from brightrun_pipeline.storage import LocalObjectStore, S3ObjectStore
 
 EXAMPLE_FILE_ID = "39492960-0ef4-5748-8da6-403ed14c1b18"
 EXAMPLE_PUBLISHED = datetime(2025, 12, 1, 9, 30, tzinfo=UTC)
@@ -231,6 +232,34 @@ def test_create_then_add(pipeline: Pipeline, rows: list[DemoConversation]) -> No
         assert request is not None
         assert (request.status, request.result_version, request.error) \
             == ("succeeded", record.version, None)
+
+
+def test_versions_in_s3_are_built_added_to_and_reproduced(
+        make_pipeline: Callable[..., Pipeline], make_s3_client: Callable[..., Any],
+        bucket_name: str) -> None:
+    # Sources and training files in S3 over HTTP (moto): every upload multipart, the previous
+    # version streamed back from S3 while the next one is built.
+    store = S3ObjectStore(make_s3_client(), multipart_threshold=1)
+    pipeline = make_pipeline(store, source_bucket=f"{bucket_name}-src",
+                             training_bucket=f"{bucket_name}-out")
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    rows = eligible(dataset)
+    first, added = rows[:3], rows[3:6]
+
+    v1 = create_file(pipeline, first)
+    assert_published(pipeline, v1, [oracle_input(c, 1) for c in first], v1.request_ids)
+    v1_objects = version_objects(pipeline, v1)
+    v2 = add_to_file(pipeline, v1.training_file_id, added)
+
+    assert_published(pipeline, v2, [oracle_input(c, 1) for c in first]
+                     + [oracle_input(c, 2) for c in added], v2.request_ids)
+    v2_json, v2_jsonl, _ = version_objects(pipeline, v2)
+    assert body(v2_json).startswith(body(v1_objects[0]) + b",\n")
+    assert v2_jsonl.startswith(v1_objects[1])
+    for version in (1, 2):
+        comparisons = reproduce_version(pipeline, v1.training_file_id, version)
+        assert [c.matches for c in comparisons] == [True, True, True]
 
 
 def test_scores_keep_every_digit_across_versions(
