@@ -27,7 +27,7 @@ from brightrun_pipeline.builder import (
 )
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.members import MemberRecord
-from brightrun_pipeline.storage import LocalObjectStore, S3ObjectStore
+from brightrun_pipeline.storage import LocalObjectStore
 
 FILE_ID = "5b0c7f5e-1d1e-4c44-9a4e-6f3f1f6a2b10"
 PUBLISHED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -110,6 +110,7 @@ def add_80(data: Path, n: int) -> None:
 
 def s3_fetch_80(data: Path, endpoint: str) -> None:
     """80 source fetches from S3 (moto), BENCH_S3_LATENCY_MS (20) added to every request."""
+    from brightrun_pipeline.s3_store import S3ObjectStore
     from brightrun_pipeline.sources import fetch_sources
     from resources import ObjectStoreResource
 

@@ -13,8 +13,9 @@ from pydantic import Field, PrivateAttr
 
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.s3_store import S3ObjectStore
 from brightrun_pipeline.service import Pipeline
-from brightrun_pipeline.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
 
 
 class DatabaseResource(dg.ConfigurableResource):

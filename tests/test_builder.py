@@ -49,9 +49,10 @@ from brightrun_pipeline.errors import (
     TransientStorageError,
 )
 from brightrun_pipeline.reproduce import reproduce_version
+from brightrun_pipeline.s3_store import S3ObjectStore
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.sources import fetch_sources, fetch_with_retry
-from brightrun_pipeline.storage import LocalObjectStore, S3ObjectStore
+from brightrun_pipeline.storage import LocalObjectStore
 
 EXAMPLE_FILE_ID = "39492960-0ef4-5748-8da6-403ed14c1b18"
 EXAMPLE_PUBLISHED = datetime(2025, 12, 1, 9, 30, tzinfo=UTC)

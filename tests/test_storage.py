@@ -20,11 +20,11 @@ from brightrun_pipeline.errors import (
     ObjectNotFound,
     TransientStorageError,
 )
+from brightrun_pipeline.s3_store import S3ObjectStore
 from brightrun_pipeline.storage import (
     LocalObjectStore,
     ObjectInfo,
     ObjectStore,
-    S3ObjectStore,
     validate_key,
 )
 
