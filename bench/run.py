@@ -294,7 +294,7 @@ def render(results: list[Measure], repeat: int) -> str:
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
         f"Each row is the median of {repeat} runs in fresh processes: wall time (including "
-        "interpreter start-up and imports: about 0.4 s for our tasks, which load the builder, "
+        "interpreter start-up and imports: about 0.2 s for our tasks, which load the builder, "
         "under 0.1 s for the baselines and floors, which load only orjson) and peak RSS (GNU "
         "time). Data from the demo generator (~70 kB per enriched file). Reproduce with "
         "`make bench`.",
@@ -454,7 +454,7 @@ NOTES = """## What the goals depend on, and why the misses
   JSONL while writing them (about 2 GB of sha256 at N = 10,000, ~1.2 s of CPU over helper
   threads, the previous JSONL copied on its own thread alongside the JSON), makes the new objects
   durable (fsync, with writeback started as they are written), and starts a Python process that
-  loads the builder (~0.4 s).
+  loads the builder (~0.2 s).
 - **Peak RSS from N = 1,000 to 10,000** grows by per-conversation bookkeeping, not by bytes of
   the file: tracemalloc at N = 10,000 finds the benchmark's own list of conversations to build
   (7.5 MB, ~0.75 kB each, as the service's list read from the database) and the membership facts
