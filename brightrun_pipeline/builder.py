@@ -220,6 +220,7 @@ class HashingWriter:
         self._buffered = 0
         self._pending: deque[Future[None]] = deque()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brightrun-write")
+        assert not (durable and isinstance(raw, SpoolFiles)), "a spool is never made durable"
         self._durable = durable
         self._written = 0
         self._written_back = 0
@@ -260,8 +261,9 @@ class HashingWriter:
         """Ask the OS to start writing what was written since the last call (no waiting).
 
         Only a head start: its result is not checked, the fsync at publication decides."""
-        if _SYNC_FILE_RANGE is None or isinstance(self.raw, SpoolFiles):
+        if _SYNC_FILE_RANGE is None:
             return
+        assert not isinstance(self.raw, SpoolFiles)
         self.raw.flush()
         _SYNC_FILE_RANGE(self.raw.fileno(), self._written_back,
                          self._written - self._written_back, _SYNC_FILE_RANGE_WRITE)
@@ -308,7 +310,8 @@ class SpoolFiles:
     def __init__(self, directory: Path, name: str = "spool") -> None:
         self.directory = directory
         self.name = name
-        self._segments: list[tuple[int, Path]] = []  # (offset of its first byte, path)
+        self._segments: list[Path] = []
+        self._starts: list[int] = []  # offset of each segment's first byte
         self._current: IO[bytes] | None = None
         self._written = 0
         self._segment_start = 0
@@ -319,7 +322,8 @@ class SpoolFiles:
             self._close_current()
             path = self.directory / f"{self.name}-{len(self._segments):05d}"
             self._current = open(path, "wb")  # noqa: SIM115 - closed by _close_current/close
-            self._segments.append((self._written, path))
+            self._segments.append(path)
+            self._starts.append(self._written)
             self._segment_start = self._written
         self._current.write(data)
         self._written += len(data)
@@ -340,12 +344,11 @@ class SpoolFiles:
 
     def read(self, offset: int, length: int) -> bytes:
         """`length` bytes from `offset` (the segments are still all there)."""
-        index = bisect.bisect_right([start for start, _ in self._segments], offset) - 1
+        index = bisect.bisect_right(self._starts, offset) - 1
         parts = []
         while length > 0:
-            start, path = self._segments[index]
-            with open(path, "rb") as segment:
-                segment.seek(offset - start)
+            with open(self._segments[index], "rb") as segment:
+                segment.seek(offset - self._starts[index])
                 part = segment.read(length)
             parts.append(part)
             offset += len(part)
@@ -356,12 +359,13 @@ class SpoolFiles:
     def drain(self, out: HashingWriter) -> None:
         """Copy everything to `out` in order, deleting each segment once it is read."""
         self._close_current()
-        for _, path in self._segments:
+        for path in self._segments:
             with open(path, "rb") as segment:
                 while chunk := segment.read(CHUNK):
                     out.write(chunk)
             path.unlink()
         self._segments.clear()
+        self._starts.clear()
 
 
 class VerifyingReader:

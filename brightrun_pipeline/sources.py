@@ -52,8 +52,8 @@ class FetchedSource:
     key: str
     data: bytes | None
     error: BaseException | None
-    # sha256 of `data`, computed on the fetching thread (hashlib releases the GIL there).
-    sha256: str | None = None
+    # sha256 of `data` (None with it), computed where it was fetched.
+    sha256: str | None
 
 
 def fetch_sources(
@@ -74,7 +74,7 @@ def fetch_sources(
         try:
             data = fetch_with_retry(lambda: store.get_bytes(bucket, key), retry)
         except (ObjectNotFound, TransientStorageError) as exc:
-            return FetchedSource(conversation_id, key, None, exc)
+            return FetchedSource(conversation_id, key, None, exc, None)
         return FetchedSource(conversation_id, key, data, None, hashlib.sha256(data).hexdigest())
 
     concurrency = min(concurrency, store.max_useful_concurrency or concurrency)
@@ -134,5 +134,5 @@ def parse_source(fetched: FetchedSource) -> ParsedSource:
             f"enriched file {fetched.key!r} does not match the enriched format: "
             f"{where}: {first['msg']} ({exc.error_count()} problem(s))",
         ) from exc
-    digest = fetched.sha256 or hashlib.sha256(fetched.data).hexdigest()
-    return ParsedSource(cid, fetched.key, digest, document)
+    assert fetched.sha256 is not None
+    return ParsedSource(cid, fetched.key, fetched.sha256, document)
