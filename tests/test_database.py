@@ -77,7 +77,7 @@ def test_upgrade_is_idempotent(database_url: str,
     assert "conversation_catalog" in inspector.get_view_names()
     with database.engine.connect() as connection:
         versions = connection.execute(sa.text("SELECT version_num FROM brightrun_schema_version"))
-        assert versions.all() == [("0001_initial",)]
+        assert versions.all() == [("0002_wide_sizes",)]
     assert [row.conversation_id for row in database.list_conversations()] == [cid]
 
 

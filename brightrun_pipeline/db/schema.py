@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     ForeignKey,
@@ -107,14 +108,14 @@ training_file_versions = Table(
     Column("reason", String(40), nullable=False),
     Column("json_key", Text, nullable=False),
     Column("json_sha256", String(64), nullable=False),
-    Column("json_size", Integer, nullable=False),
+    Column("json_size", BigInteger, nullable=False),
     Column("jsonl_key", Text, nullable=False),
     Column("jsonl_sha256", String(64), nullable=False),
-    Column("jsonl_size", Integer, nullable=False),
+    Column("jsonl_size", BigInteger, nullable=False),
     Column("manifest_key", Text, nullable=False),
     Column("manifest_sha256", String(64), nullable=False),
-    Column("json_body_start", Integer, nullable=False),
-    Column("json_body_end", Integer, nullable=False),
+    Column("json_body_start", BigInteger, nullable=False),
+    Column("json_body_end", BigInteger, nullable=False),
     Column("conversation_count", Integer, nullable=False),
     Column("training_pair_count", Integer, nullable=False),
     Column("trainable_pair_count", Integer, nullable=False),
