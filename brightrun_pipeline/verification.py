@@ -96,7 +96,7 @@ def _verify(pipeline: Pipeline, built: BuiltVersion,
         prefix = _read_exact(json_reader, built.body_start)
         header = _parse_header(prefix, problems)
         seen_conversations: set[str] = set()
-        seen_ids: set[str] = set()
+        line_ids = _LineIds(problems["unique_ids"])
         totals = _Recount()
         line_count = 0
         body_length = built.body_end - built.body_start
@@ -104,7 +104,7 @@ def _verify(pipeline: Pipeline, built: BuiltVersion,
         if carried is not None:
             carried_length = carried.body_end - carried.body_start
             same = _same_as_previous(store, bucket, carried, json_reader, carried_length)
-            _read_exact(jsonl_reader, carried.jsonl_size)
+            _skip(jsonl_reader, carried.jsonl_size)
             if not same or jsonl_reader.hash.copy().hexdigest() != carried.jsonl_sha256:
                 return {CARRIED: CheckOutcome(False, "copied bytes differ from the previous "
                                                      "version")}
@@ -114,6 +114,7 @@ def _verify(pipeline: Pipeline, built: BuiltVersion,
                 seen_conversations.add(member.conversation_id)
             totals.add_carried(carried_totals)
             line_count = carried_totals.trainable
+            line_ids.carried_members = {m.conversation_id for m in previous_members}
             first_index = len(previous_members)
             body_length -= carried_length
             if built.added_members:
@@ -149,12 +150,15 @@ def _verify(pipeline: Pipeline, built: BuiltVersion,
                 line_count += 1
                 expected = {"id": f"{cid}_turn{pair['turn_number']}", "conversation_id": cid}
                 expected.update({name: pair.get(name) for name in JSONL_FIELDS[2:]})
-                if line != orjson.dumps(expected) + b"\n":
+                expected_line = orjson.dumps(expected) + b"\n"
+                if line != expected_line:
                     problems["lines_equal_pairs"].append(f"line {line_count} differs from its pair")
-                if expected["id"] in seen_ids:
-                    problems["unique_ids"].append(f"id {expected['id']} appears twice")
-                seen_ids.add(expected["id"])
-        extra = sum(1 for _ in lines)
+                # A line equal to its pair carries the pair's id; any other line is parsed.
+                line_ids.add(line_count, expected["id"] if line == expected_line else line)
+        extra = 0
+        for line in lines:
+            extra += 1
+            line_ids.add(line_count + extra, line)
         if extra:
             problems["line_count_matches"].append(f"{extra} JSONL line(s) beyond the JSON's pairs")
         tail = json_reader.read(len(BODY_CLOSE) + 1)
@@ -162,6 +166,8 @@ def _verify(pipeline: Pipeline, built: BuiltVersion,
             problems["matches_v4_format"].append("training.json does not end with the array close")
         json_object = (json_reader.hash.hexdigest(), json_reader.size)
         jsonl_object = (jsonl_reader.hash.hexdigest(), jsonl_reader.size)
+    if carried is not None:
+        line_ids.check_against_copied(store, bucket, built.jsonl.key, carried.jsonl_size)
     if len(seen_conversations) != len(expected_members):
         problems["header_matches_membership"].append(
             f"{len(seen_conversations)} blocks for {len(expected_members)} members")
@@ -198,6 +204,84 @@ def _read_exact(reader: _HashingReader, length: int) -> bytes:
         parts.append(data)
         remaining -= len(data)
     return b"".join(parts)
+
+
+def _skip(reader: _HashingReader, length: int) -> None:
+    """Read (and so hash) the next `length` bytes without keeping them."""
+    remaining = length
+    while remaining > 0:
+        data = reader.read(min(CHUNK, remaining))
+        if not data:
+            break
+        remaining -= len(data)
+
+
+def _line_id(line: bytes) -> str | None:
+    """The `id` a JSONL line declares, or None when it declares no string id."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    line_id = value.get("id") if isinstance(value, dict) else None
+    return line_id if isinstance(line_id, str) else None
+
+
+class _LineIds:
+    """The check `unique_ids`: the `id` of every JSONL line read, and the lines that repeat one.
+
+    On an append, the copied lines are not re-read: they are the previous version's, whose ids
+    were unique when it was published and each is `<conversation id>_turn<k>` of a previous member
+    (its lines were then equal to its pairs). So a new line can only repeat a copied id if its own
+    id names a previous member; only such ids are looked up among the copied lines, at the end.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        self.seen: set[str] = set()
+        self.carried_members: set[str] = set()
+        self.suspects: dict[str, int] = {}
+
+    def add(self, number: int, line_or_id: bytes | str) -> None:
+        """Record line `number`, given its id when already known, else its bytes."""
+        line_id = line_or_id if isinstance(line_or_id, str) else _line_id(line_or_id)
+        if line_id is None:
+            self.problems.append(f"line {number} has no string id")
+            return
+        if line_id in self.seen:
+            self.problems.append(f"id {line_id} appears twice (line {number})")
+        self.seen.add(line_id)
+        if line_id.rpartition("_turn")[0] in self.carried_members:
+            self.suspects.setdefault(line_id, number)
+
+    def check_against_copied(self, store: ObjectStore, bucket: str, key: str,
+                             copied_size: int) -> None:
+        """Look the new ids that name a previous member up among the copied lines."""
+        if not self.suspects:
+            return
+        with store.open_read(bucket, key) as raw:
+            reader = _HashingReader(_Limited(raw, copied_size))
+            for number, line in enumerate(_iter_lines(reader), start=1):
+                line_id = _line_id(line)
+                if line_id in self.suspects:
+                    self.problems.append(f"id {line_id} appears twice (line {number} copied "
+                                         f"from the previous version, line "
+                                         f"{self.suspects[line_id]})")
+
+
+class _Limited:
+    """The first `size` bytes of a reader."""
+
+    def __init__(self, raw: Any, size: int) -> None:
+        self.raw = raw
+        self.remaining = size
+
+    def read(self, n: int = -1) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        n = self.remaining if n < 0 else min(n, self.remaining)
+        data = self.raw.read(n)
+        self.remaining -= len(data)
+        return data
 
 
 def _parse_header(prefix: bytes, problems: dict[str, list[str]]) -> dict[str, Any] | None:

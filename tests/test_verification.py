@@ -71,6 +71,22 @@ def _repeat_line(data: bytes) -> bytes:
     return b"".join(lines + lines[-1:])
 
 
+def _set_id(data: bytes, index: int, new_id: str) -> bytes:
+    lines = _lines(data)
+    line = orjson.loads(lines[index])
+    line["id"] = new_id
+    lines[index] = orjson.dumps(line) + b"\n"
+    return b"".join(lines)
+
+
+def _repeat_first_id(data: bytes) -> bytes:
+    return _set_id(data, 1, orjson.loads(_lines(data)[0])["id"])
+
+
+def _last_repeats_first_id(data: bytes) -> bytes:
+    return _set_id(data, -1, orjson.loads(_lines(data)[0])["id"])
+
+
 def _swap_lines(data: bytes) -> bytes:
     lines = _lines(data)
     lines[0], lines[1] = lines[1], lines[0]
@@ -125,7 +141,12 @@ TAMPERS: dict[str, tuple[str, Callable[[bytes], bytes], set[str]]] = {
     "jsonl-line-changed": ("training.jsonl", _change_line, {"lines_equal_pairs"}),
     "jsonl-line-removed": ("training.jsonl", _remove_line,
                            {"lines_equal_pairs", "line_count_matches"}),
-    "jsonl-line-repeated": ("training.jsonl", _repeat_line, {"line_count_matches"}),
+    "jsonl-line-repeated": ("training.jsonl", _repeat_line,
+                            {"line_count_matches", "unique_ids"}),
+    "jsonl-id-repeated": ("training.jsonl", _repeat_first_id,
+                          {"lines_equal_pairs", "unique_ids"}),
+    "jsonl-last-id-repeats-first": ("training.jsonl", _last_repeats_first_id,
+                                    {"lines_equal_pairs", "unique_ids"}),
     "jsonl-lines-swapped": ("training.jsonl", _swap_lines, {"lines_equal_pairs"}),
     "header-total-changed": ("training.json", _change_total, {"header_matches_membership"}),
     "json-pair-changed": ("training.json", _change_pair_in_json, {"lines_equal_pairs"}),
@@ -154,3 +175,31 @@ def test_each_check_catches_its_tampering(pipeline: Pipeline, built: BuiltVersio
 
     # Any change to an object also breaks the manifest's record of it.
     assert failed_checks(pipeline, built) == caught | {"manifest_matches_objects"}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_unique_ids_reads_the_ids_of_the_lines(pipeline: Pipeline, built: BuiltVersion) -> None:
+    key = built.jsonl.key
+    store = pipeline.store
+    assert isinstance(store, LocalObjectStore)
+    original = store.get_bytes(pipeline.training_bucket, key)
+    lines = _lines(original)
+    first, last = orjson.loads(lines[0]), orjson.loads(lines[-1])
+    # The JSON is untouched: only the last line's id repeats the first line's.
+    replace_object(store, pipeline.training_bucket, key,
+                   _set_id(original, -1, first["id"]))
+
+    report = verify_built_version(pipeline, built)
+
+    assert not report["unique_ids"].passed
+    assert f"id {first['id']} appears twice" in report["unique_ids"].detail
+    if built.spec.version == 2:
+        # The first line was copied from version 1; the appended last line repeats its id.
+        assert "copied from the previous version" in report["unique_ids"].detail
+    # An id that names an earlier conversation without repeating any line's id is unique.
+    replace_object(store, pipeline.training_bucket, key,
+                   _set_id(original, -1, f"{first['conversation_id']}_turn999"))
+    report = verify_built_version(pipeline, built)
+    assert report["unique_ids"].passed, report["unique_ids"].detail
+    assert not report["lines_equal_pairs"].passed
+    assert last["id"] != first["id"]
