@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The browser of the Dagster UI test (tests/test_operator_view.py): Debian's package.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test dev bench lint schemas clean
 
@@ -12,12 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(CHROMIUM):
+	$(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
 ## Run the main job end to end on the embedded defaults (SQLite, ./.brightrun/storage, local Dagster).
-demo: $(STAMP)
+demo: $(STAMP) $(CHROMIUM)
 	$(BIN)/brightrun demo
 
 ## Run the whole test suite (SQLite and PostgreSQL, local store and S3 over HTTP).
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
 
 ## Dagster UI + daemon (sensor and schedule running) on http://127.0.0.1:3000; Ctrl-C stops it.

@@ -64,7 +64,8 @@ def run_partition_in_process(settings: Settings, training_file_id: str,
         assert partitions is not None
         if not instance.has_dynamic_partition(partitions, training_file_id):
             instance.add_dynamic_partitions(partitions, [training_file_id])
-        job = build_definitions(settings).resolve_job_def(TRAINING_FILE_JOB)
+        defs = build_definitions(settings)
+        job = defs.resolve_job_def(TRAINING_FILE_JOB)
         result = job.execute_in_process(
             instance=instance,
             partition_key=training_file_id,
@@ -74,4 +75,9 @@ def run_partition_in_process(settings: Settings, training_file_id: str,
             # step errors with their stack traces stay in the run's event log in the Dagster UI.
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         )
+        if not result.success:
+            from sensors.restatement import restate_in_process
+
+            restate_in_process(instance, defs.resources["brightrun"], training_file_id,
+                               result.run_id)
         return RunOutcome(result.run_id, result.success)

@@ -15,6 +15,7 @@ from brightrun_pipeline.db.repository import Database
 from brightrun_pipeline.models import SelectionRequest
 from jobs import training_file_job
 from resources import BrightRunResource
+from sensors.restatement import restate_after_failed_run
 
 PAGE_SIZE = 50
 # Stay well inside the 60 s sensor evaluation limit.
@@ -98,6 +99,7 @@ def request_failure_sensor(
     """A failed run fails its request (when the step did not record a more precise reason)."""
     _close_request(context.dagster_run, brightrun,
                    context.failure_event.message or "the Dagster run failed")
+    restate_after_failed_run(context.instance, brightrun.pipeline(), context.dagster_run)
 
 
 @dg.run_status_sensor(
@@ -110,6 +112,7 @@ def request_canceled_sensor(
 ) -> None:
     """A canceled run fails its request, so it can be retried."""
     _close_request(context.dagster_run, brightrun, "the Dagster run was canceled")
+    restate_after_failed_run(context.instance, brightrun.pipeline(), context.dagster_run)
 
 
 @dg.run_status_sensor(
