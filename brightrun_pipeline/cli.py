@@ -417,8 +417,17 @@ def files_download(app: App, file_ref: str, fmt: str, version: int | None, outpu
     if record is None:
         raise UsageError(f"training file {file.name!r} has no "
                          + (f"version {version}" if version else "published version yet"))
+    from brightrun_pipeline.builder import object_key
+
     key = {"json": record.json_key, "jsonl": record.jsonl_key,
            "manifest": record.manifest_key}[fmt]
+    own = object_key(file.id, record.version, {"json": "training.json", "jsonl": "training.jsonl",
+                                               "manifest": "manifest.json"}[fmt])
+    # The key comes from the version row: a row edited to point at another file's objects (or
+    # anywhere else) is refused rather than served under this file's name.
+    if key != own:
+        raise BrightRunError(f"version {record.version} of {file.name!r} records the key "
+                             f"{key!r}, not its own {own!r}; refusing to download it")
     with app.store.open_read(app.settings.training_bucket, key) as stream:
         if str(output) == "-":
             shutil.copyfileobj(stream, sys.stdout.buffer, 1 << 20)

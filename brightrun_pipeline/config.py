@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_HOME = Path(".brightrun")
+DATABASE_URL_VAR = "BRIGHTRUN_DATABASE_URL"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Settings:
     storage_backend: str = "local"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # The environment variable `database_url` came from, when it came from this process's
+    # environment: the URL may hold a password, so Dagster resolves it from the variable itself.
+    database_url_env: str | None = None
     fetch_concurrency: int = 32
     rematerialize_cron: str = "0 3 * * *"
     retry: RetrySettings = field(default_factory=RetrySettings)
@@ -67,11 +71,13 @@ def _choice(env: dict[str, str], name: str, choices: tuple[str, ...], default: s
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Read BRIGHTRUN_* and DAGSTER_HOME, falling back to embedded defaults under ./.brightrun."""
+    from_process = env is None
     env = dict(os.environ if env is None else env)
     home = Path(env.get("BRIGHTRUN_HOME") or DEFAULT_HOME)
-    database_url = env.get("BRIGHTRUN_DATABASE_URL") or f"sqlite:///{home / 'brightrun.db'}"
+    database_url = env.get(DATABASE_URL_VAR) or f"sqlite:///{home / 'brightrun.db'}"
     return Settings(
         database_url=database_url,
+        database_url_env=DATABASE_URL_VAR if from_process and env.get(DATABASE_URL_VAR) else None,
         storage_root=Path(env.get("BRIGHTRUN_STORAGE_ROOT") or home / "storage"),
         dagster_home=Path(env.get("DAGSTER_HOME") or home / "dagster"),
         source_bucket=env.get("BRIGHTRUN_SOURCE_BUCKET") or "conversation-files",

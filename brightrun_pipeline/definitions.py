@@ -22,6 +22,14 @@ from sensors import (
 )
 
 
+def _database_url(settings: Settings) -> str:
+    # An EnvVar keeps a password out of the resource config the Dagster UI and run records
+    # show; the embedded default (a SQLite path) has none.
+    if settings.database_url_env:
+        return dg.EnvVar(settings.database_url_env)
+    return settings.database_url
+
+
 def build_resources(settings: Settings) -> dict[str, object]:
     """Resources configured from the environment settings."""
     storage = ObjectStoreResource(
@@ -33,7 +41,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     )
     return {
         "brightrun": BrightRunResource(
-            database=DatabaseResource(url=settings.database_url),
+            database=DatabaseResource(url=_database_url(settings)),
             storage=storage,
             source_bucket=settings.source_bucket,
             training_bucket=settings.training_bucket,

@@ -27,7 +27,11 @@ class DatabaseResource(dg.ConfigurableResource):
     def database(self) -> Database:
         """The database, connected lazily once per process."""
         if self._database is None:
-            self._database = Database(self.url)
+            # Outside a run (e.g. the CLI after an in-process run) an EnvVar is not resolved yet.
+            url = self.url.get_value() if isinstance(self.url, dg.EnvVar) else self.url
+            if not url:
+                raise ValueError("the database URL's environment variable is not set")
+            self._database = Database(url)
         return self._database
 
 
