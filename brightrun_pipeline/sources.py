@@ -15,7 +15,12 @@ import orjson
 from pydantic import ValidationError
 
 from brightrun_pipeline.config import RetrySettings
-from brightrun_pipeline.errors import ObjectNotFound, SourceError, TransientStorageError
+from brightrun_pipeline.errors import (
+    InvalidKey,
+    ObjectNotFound,
+    SourceError,
+    TransientStorageError,
+)
 from brightrun_pipeline.models import EnrichedConversationFile
 from brightrun_pipeline.storage import ObjectStore
 
@@ -73,7 +78,8 @@ def fetch_sources(
     def fetch_one(conversation_id: str, key: str) -> FetchedSource:
         try:
             data = fetch_with_retry(lambda: store.get_bytes(bucket, key), retry)
-        except (ObjectNotFound, TransientStorageError) as exc:
+        # A path the store refuses (e.g. '..' in enriched_file_path) is this source's problem.
+        except (ObjectNotFound, TransientStorageError, InvalidKey) as exc:
             return FetchedSource(conversation_id, key, None, exc, None)
         return FetchedSource(conversation_id, key, data, None, hashlib.sha256(data).hexdigest())
 
