@@ -129,6 +129,11 @@ def training_file_objects(
         "size_bytes": built.json.size,
         "conversations": built.conversation_count,
         "training_pairs": built.training_pair_count,
+        # Transient storage errors retried by this build: source reads, and writes of this
+        # version and reads of the previous one.
+        "storage_retries": built.storage_retries,
+        "source_fetch_retries": built.source_fetch_retries,
+        "output_retries": built.output_retries,
     })
     yield dg.Output(built, output_name="training_file_jsonl", metadata={
         "version": plan.spec.version,

@@ -147,6 +147,15 @@ class BuiltVersion:
     consultant_profile: dict[str, Any]
     added_members: list[MemberRecord]
     rebuilt_members: list[MemberRecord]
+    # Retries of transient storage errors: of the source fetches (counted here), and of the
+    # writes of this version and reads of the previous one (counted by the store that did them).
+    source_fetch_retries: int = 0
+    output_retries: int = 0
+
+    @property
+    def storage_retries(self) -> int:
+        """Every retry of a storage call this build made."""
+        return self.source_fetch_retries + self.output_retries
 
 
 class _BackgroundHash:
@@ -752,7 +761,14 @@ def _build(
 
     fetched_sources = fetch_sources(sources, source_bucket, wanted, concurrency=concurrency,
                                     retry=retry)
-    jobs = ((fetched, incoming[fetched.conversation_id],
+    fetch_retries = 0
+
+    def counted(fetched: FetchedSource) -> FetchedSource:
+        nonlocal fetch_retries
+        fetch_retries += fetched.attempts - 1
+        return fetched
+
+    jobs = ((counted(fetched), incoming[fetched.conversation_id],
              added_in_of(incoming[fetched.conversation_id]), spec.version)
             for fetched in fetched_sources)
     for item in (serialize_source(*job) for job in jobs):
@@ -948,6 +964,7 @@ def _build(
         consultant_profile=profile,
         added_members=added_members,
         rebuilt_members=rebuilt_members,
+        source_fetch_retries=fetch_retries,
     )
 
 

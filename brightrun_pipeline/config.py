@@ -12,7 +12,8 @@ DATABASE_URL_VAR = "BRIGHTRUN_DATABASE_URL"
 
 @dataclass(frozen=True)
 class RetrySettings:
-    """Per-fetch retry policy for transient storage errors."""
+    """Retry policy for transient storage errors: attempts of each storage call of a build
+    (brightrun_pipeline.retry; the S3 client makes one attempt per call)."""
 
     attempts: int = 5
     base_delay: float = 0.2

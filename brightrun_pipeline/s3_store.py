@@ -15,12 +15,11 @@ from typing import Any, BinaryIO
 from botocore.client import BaseClient
 from botocore.exceptions import (
     ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
+    HTTPClientError,
     IncompleteReadError,
-    ReadTimeoutError,
-    ResponseStreamingError,
+)
+from botocore.exceptions import (
+    ConnectionError as ClientConnectionError,
 )
 
 from brightrun_pipeline.errors import (
@@ -46,10 +45,8 @@ _TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
     "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
 })
-_TRANSIENT_EXCEPTIONS = (
-    EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError,
-    ResponseStreamingError, IncompleteReadError,
-)
+# Every failure of the connection: refused, reset, closed early, timed out, cut off mid-body.
+_TRANSIENT_EXCEPTIONS = (ClientConnectionError, HTTPClientError, IncompleteReadError)
 
 
 class S3ObjectStore(ObjectStore):
@@ -98,9 +95,9 @@ class S3ObjectStore(ObjectStore):
             return body.read()
 
     @contextlib.contextmanager
-    def open_read(self, bucket: str, key: str) -> Iterator[BinaryIO]:
-        """Open the object for streaming reads; ObjectNotFound if it is missing."""
-        body = self._get(bucket, key)["Body"]
+    def open_read(self, bucket: str, key: str, *, start: int = 0) -> Iterator[BinaryIO]:
+        """Open the object for streaming reads from byte `start`; ObjectNotFound if missing."""
+        body = self._body_from(bucket, key, start)
         with io.BufferedReader(_BodyReader(body, bucket, key), CHUNK_SIZE) as stream:
             yield stream
 
@@ -212,10 +209,22 @@ class S3ObjectStore(ObjectStore):
                 raise
         return True
 
-    def _get(self, bucket: str, key: str) -> dict[str, Any]:
+    def _get(self, bucket: str, key: str, **options: str) -> dict[str, Any]:
         validate_key(key)
         with _s3_errors(bucket, key):
-            return self.client.get_object(Bucket=bucket, Key=key)
+            return self.client.get_object(Bucket=bucket, Key=key, **options)
+
+    def _body_from(self, bucket: str, key: str, start: int) -> Any:
+        """The object's body from byte `start` (a ranged GET unless it starts at 0)."""
+        if not start:
+            return self._get(bucket, key)["Body"]
+        try:
+            return self._get(bucket, key, Range=f"bytes={start}-")["Body"]
+        except ClientError as exc:
+            # A read resumed exactly at the end of the object: nothing is left to read.
+            if _error_code(exc) != "InvalidRange":
+                raise
+            return io.BytesIO()
 
     def _matches(self, bucket: str, key: str, source: BinaryIO, size: int) -> bool:
         """Whether the stored object holds exactly the source's bytes, streaming both."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from brightrun_pipeline.builder import (
@@ -27,6 +27,7 @@ from brightrun_pipeline.db.repository import (
 )
 from brightrun_pipeline.errors import BrightRunError, ProcessingFailed, RequestRejected, UsageError
 from brightrun_pipeline.models import RequestError, SelectionRequest
+from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.rules import (
     ConversationFacts,
     check_request_size,
@@ -308,18 +309,22 @@ class Pipeline:
             raise ProcessingFailed(
                 f"version {spec.version} of training file {spec.training_file_id} is already "
                 "published; this build is stale")
-        return build_version(
+        # Writes of this version and reads of the previous one are retried (and counted) by this
+        # store; source fetches by the builder's own fetches, on the store itself.
+        outputs = RetryingStore(self.store, self.retry)
+        built = build_version(
             spec,
             lambda: self.db.iter_members(spec.training_file_id),
             sources=self.store,
             source_bucket=self.source_bucket,
-            outputs=self.store,
+            outputs=outputs,
             output_bucket=self.training_bucket,
             concurrency=self.fetch_concurrency,
             retry=self.retry,
             is_published=lambda: self.db.get_version(spec.training_file_id,
                                                      spec.version) is not None,
         )
+        return replace(built, output_retries=outputs.retries.value)
 
     def publish(self, plan: VersionPlan, built: BuiltVersion) -> VersionRecord:
         """Make the built version current in one transaction (compare-and-swap on the version)."""

@@ -1,12 +1,11 @@
-"""Fetching and reading enriched conversation files: bounded concurrency, per-fetch retries."""
+"""Fetching and reading enriched conversation files: bounded concurrency, per-fetch retries
+(the retry layer of source GETs; see brightrun_pipeline.retry)."""
 
 from __future__ import annotations
 
 import hashlib
-import random
-import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -22,31 +21,8 @@ from brightrun_pipeline.errors import (
     TransientStorageError,
 )
 from brightrun_pipeline.models import EnrichedConversationFile
+from brightrun_pipeline.retry import call_with_retry
 from brightrun_pipeline.storage import ObjectStore
-
-
-def backoff_delay(attempt: int, retry: RetrySettings, rng: Callable[[], float]) -> float:
-    """Full-jitter exponential backoff: a random delay up to base * 2^attempt, capped."""
-    ceiling = min(retry.max_delay, retry.base_delay * (2 ** attempt))
-    return ceiling * rng()
-
-
-def fetch_with_retry(
-    fetch: Callable[[], bytes],
-    retry: RetrySettings,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: Callable[[], float] = random.random,
-) -> bytes:
-    """Call `fetch`, retrying transient storage errors with backoff; permanent ones pass through."""
-    for attempt in range(retry.attempts):
-        try:
-            return fetch()
-        except TransientStorageError:
-            if attempt + 1 >= retry.attempts:
-                raise
-            sleep(backoff_delay(attempt, retry, rng))
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -59,6 +35,8 @@ class FetchedSource:
     error: BaseException | None
     # sha256 of `data` (None with it), computed where it was fetched.
     sha256: str | None
+    # GETs it took: 1, plus one per transient failure retried.
+    attempts: int = 1
 
 
 def fetch_sources(
@@ -72,16 +50,25 @@ def fetch_sources(
     """Fetch (conversation_id, key) pairs in order, at most `concurrency` at a time.
 
     Results come back in request order; only a bounded window of them is held at once, so memory
-    depends on the concurrency, not on how many sources are fetched.
+    depends on the concurrency, not on how many sources are fetched. Each GET is retried here,
+    so `store` must not retry by itself (not a RetryingStore).
     """
 
     def fetch_one(conversation_id: str, key: str) -> FetchedSource:
+        attempts = 1
+
+        def count_retry() -> None:
+            nonlocal attempts
+            attempts += 1
+
         try:
-            data = fetch_with_retry(lambda: store.get_bytes(bucket, key), retry)
+            data = call_with_retry(lambda: store.get_bytes(bucket, key), retry,
+                                   on_retry=count_retry)
         # A path the store refuses (e.g. '..' in enriched_file_path) is this source's problem.
         except (ObjectNotFound, TransientStorageError, InvalidKey) as exc:
-            return FetchedSource(conversation_id, key, None, exc, None)
-        return FetchedSource(conversation_id, key, data, None, hashlib.sha256(data).hexdigest())
+            return FetchedSource(conversation_id, key, None, exc, None, attempts)
+        return FetchedSource(conversation_id, key, data, None, hashlib.sha256(data).hexdigest(),
+                             attempts)
 
     concurrency = min(concurrency, store.max_useful_concurrency or concurrency)
     if concurrency <= 1:

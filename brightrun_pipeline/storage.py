@@ -130,8 +130,9 @@ class ObjectStore(ABC):
         """Return the whole object; ObjectNotFound if it is missing."""
 
     @abstractmethod
-    def open_read(self, bucket: str, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
-        """Open the object for streaming reads; ObjectNotFound if it is missing."""
+    def open_read(self, bucket: str, key: str, *,
+                  start: int = 0) -> contextlib.AbstractContextManager[BinaryIO]:
+        """Open the object for streaming reads from byte `start`; ObjectNotFound if missing."""
 
     @abstractmethod
     def stat(self, bucket: str, key: str) -> ObjectInfo | None:
@@ -189,14 +190,16 @@ class LocalObjectStore(ObjectStore):
             return stream.read()
 
     @contextlib.contextmanager
-    def open_read(self, bucket: str, key: str) -> Iterator[BinaryIO]:
-        """Open the object for streaming reads; ObjectNotFound if it is missing."""
+    def open_read(self, bucket: str, key: str, *, start: int = 0) -> Iterator[BinaryIO]:
+        """Open the object for streaming reads from byte `start`; ObjectNotFound if missing."""
         path = self._object_file(bucket, key, existing_bucket=True)
         try:
             stream = open(path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise ObjectNotFound(bucket, key) from exc
         with stream:
+            if start:
+                stream.seek(start)
             yield stream
 
     def stat(self, bucket: str, key: str) -> ObjectInfo | None:

@@ -28,6 +28,7 @@ from brightrun_pipeline.models import (
     TrainingConversation,
     TrainingFileMetadata,
 )
+from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ def verify_built_version(pipeline: Pipeline, built: BuiltVersion) -> dict[str, C
 
 def _verify(pipeline: Pipeline, built: BuiltVersion,
             carried: PreviousVersion | None) -> dict[str, CheckOutcome]:
-    store, bucket = pipeline.store, pipeline.training_bucket
+    # The objects are read back through the same retry layer that wrote them.
+    store, bucket = RetryingStore(pipeline.store, pipeline.retry), pipeline.training_bucket
     problems: dict[str, list[str]] = {name: [] for name in (
         "matches_v4_format", "unique_conversations", "header_matches_membership",
         "manifest_matches_objects", "line_count_matches", "lines_equal_pairs", "unique_ids")}

@@ -36,18 +36,32 @@ class DatabaseResource(dg.ConfigurableResource):
 
 
 class PooledS3Resource(S3Resource):
-    """dagster-aws's S3Resource whose client keeps `max_pool_connections` connections.
+    """dagster-aws's S3Resource whose client keeps `max_pool_connections` connections and makes
+    one attempt per call.
 
-    botocore's default pool of 10 would cap the source fetches in flight at 10; everything
-    else (credentials, endpoint, retries) is configured as on S3Resource.
+    botocore's default pool of 10 would cap the source fetches in flight at 10. Storage calls
+    are retried by the pipeline (brightrun_pipeline.retry, RetrySettings); botocore's retries
+    underneath would multiply the attempts of every call, so they stay off. Everything else
+    (credentials, endpoint) is configured as on S3Resource.
     """
 
     max_pool_connections: int = Field(default=32, ge=1,
                                       description="HTTP connections the client keeps open.")
+    max_attempts: int = Field(
+        default=0, ge=0, le=0,
+        description="botocore's own retries per call: always 0, the pipeline retries instead.")
+    connect_timeout: float | None = Field(
+        default=None, gt=0, description="Seconds to connect; None keeps botocore's default.")
+    read_timeout: float | None = Field(
+        default=None, gt=0,
+        description="Seconds to wait for a response's bytes; None keeps botocore's default.")
 
     def get_client(self) -> Any:
+        timeouts = {name: value for name, value in (("connect_timeout", self.connect_timeout),
+                                                    ("read_timeout", self.read_timeout))
+                    if value is not None}
         config = construct_boto_client_retry_config(self.max_attempts).merge(
-            Config(max_pool_connections=self.max_pool_connections))
+            Config(max_pool_connections=self.max_pool_connections, **timeouts))
         client = boto3.session.Session(profile_name=self.profile_name).client(
             "s3",
             region_name=self.region_name,
@@ -73,7 +87,6 @@ class ObjectStoreResource(dg.ConfigurableResource):
     region_name: str | None = None
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
-    max_attempts: int = 5
     max_pool_connections: int = 32
 
     def store(self) -> ObjectStore:
@@ -86,7 +99,6 @@ class ObjectStoreResource(dg.ConfigurableResource):
                 region_name=self.region_name,
                 aws_access_key_id=self.aws_access_key_id,
                 aws_secret_access_key=self.aws_secret_access_key,
-                max_attempts=self.max_attempts,
                 max_pool_connections=self.max_pool_connections,
             ).get_client()
             return S3ObjectStore(client)
@@ -101,9 +113,9 @@ class BrightRunResource(dg.ConfigurableResource):
     source_bucket: str = "conversation-files"
     training_bucket: str = "training-files"
     fetch_concurrency: int = 32
-    fetch_attempts: int = 5
-    fetch_base_delay: float = 0.2
-    fetch_max_delay: float = 5.0
+    fetch_attempts: int = RetrySettings.attempts
+    fetch_base_delay: float = RetrySettings.base_delay
+    fetch_max_delay: float = RetrySettings.max_delay
 
     _pipeline: Pipeline | None = PrivateAttr(default=None)
 

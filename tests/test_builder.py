@@ -49,9 +49,10 @@ from brightrun_pipeline.errors import (
     TransientStorageError,
 )
 from brightrun_pipeline.reproduce import reproduce_version
+from brightrun_pipeline.retry import call_with_retry
 from brightrun_pipeline.s3_store import S3ObjectStore
 from brightrun_pipeline.service import Pipeline
-from brightrun_pipeline.sources import fetch_sources, fetch_with_retry
+from brightrun_pipeline.sources import fetch_sources
 from brightrun_pipeline.storage import LocalObjectStore
 
 EXAMPLE_FILE_ID = "39492960-0ef4-5748-8da6-403ed14c1b18"
@@ -508,7 +509,7 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     fetch = Failing(6)
     retry = RetrySettings(attempts=7, base_delay=0.1, max_delay=2.0)
 
-    assert fetch_with_retry(fetch, retry, sleep=slept.append, rng=lambda: 1.0) == b"payload"
+    assert call_with_retry(fetch, retry, sleep=slept.append, rng=lambda: 1.0) == b"payload"
 
     assert fetch.calls == 7
     assert slept == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 2.0])
@@ -525,7 +526,7 @@ def test_backoff_is_jittered_within_its_bounds() -> None:
     slept: list[float] = []
     retry = RetrySettings(attempts=12, base_delay=0.05, max_delay=3.0)
 
-    assert fetch_with_retry(Failing(11), retry, sleep=slept.append, rng=rng) == b"payload"
+    assert call_with_retry(Failing(11), retry, sleep=slept.append, rng=rng) == b"payload"
 
     ceilings = [min(3.0, 0.05 * 2 ** n) for n in range(11)]
     assert slept == pytest.approx([c * d for c, d in zip(ceilings, drawn, strict=True)])
@@ -538,8 +539,8 @@ def test_retries_give_up_after_the_last_attempt() -> None:
     fetch = Failing(10)
 
     with pytest.raises(TransientStorageError):
-        fetch_with_retry(fetch, RetrySettings(attempts=4, base_delay=0.1, max_delay=1.0),
-                         sleep=slept.append, rng=lambda: 0.5)
+        call_with_retry(fetch, RetrySettings(attempts=4, base_delay=0.1, max_delay=1.0),
+                        sleep=slept.append, rng=lambda: 0.5)
 
     assert fetch.calls == 4
     assert slept == pytest.approx([0.05, 0.1, 0.2])
@@ -550,7 +551,7 @@ def test_permanent_errors_are_not_retried() -> None:
     fetch = Failing(10, ObjectNotFound("conversation-files", "u/c/enriched.json"))
 
     with pytest.raises(ObjectNotFound):
-        fetch_with_retry(fetch, RetrySettings(attempts=5), sleep=slept.append, rng=lambda: 0.5)
+        call_with_retry(fetch, RetrySettings(attempts=5), sleep=slept.append, rng=lambda: 0.5)
 
     assert (fetch.calls, slept) == (1, [])
 

@@ -14,12 +14,14 @@ import pytest
 from botocore.client import BaseClient
 from botocore.config import Config
 
+from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.errors import (
     InvalidKey,
     ObjectExists,
     ObjectNotFound,
     TransientStorageError,
 )
+from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.s3_store import S3ObjectStore
 from brightrun_pipeline.storage import (
     LocalObjectStore,
@@ -73,12 +75,15 @@ def write_file(directory: Path, data: bytes) -> Path:
     return Path(name)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-retrying"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
-    """Each behavioural test runs once per store."""
+    """Each behavioural test runs once per store (and once through the retry layer)."""
     if request.param == "local":
         return LocalObjectStore(tmp_path / "store")
-    return S3ObjectStore(request.getfixturevalue("s3_client"))
+    s3 = S3ObjectStore(request.getfixturevalue("s3_client"))
+    if request.param == "s3-retrying":
+        return RetryingStore(s3, RetrySettings(attempts=2, base_delay=0, max_delay=0))
+    return s3
 
 
 @pytest.fixture
@@ -128,6 +133,15 @@ def test_streaming_read_in_chunks(store: ObjectStore, bucket: str) -> None:
 
     assert first == data[:10]
     assert b"".join(chunks) == data
+
+
+def test_streaming_read_from_an_offset(store: ObjectStore, bucket: str) -> None:
+    data = random_bytes(2 * MIB + 5)
+    store.put_bytes(bucket, "big.json", data)
+
+    for start in (0, 1, MIB + 3, len(data) - 1, len(data)):
+        with store.open_read(bucket, "big.json", start=start) as stream:
+            assert stream.read() == data[start:]
 
 
 def test_missing_object(store: ObjectStore, bucket: str) -> None:
@@ -421,15 +435,16 @@ def test_s3_store_from_the_resource_pools_as_many_connections_as_fetches(
 
     store = ObjectStoreResource(backend="s3", endpoint_url=s3_endpoint_url,
                                 region_name="us-east-1", aws_access_key_id="testing",
-                                aws_secret_access_key="testing", max_pool_connections=24,
-                                max_attempts=2).store()
+                                aws_secret_access_key="testing",
+                                max_pool_connections=24).store()
     assert isinstance(store, S3ObjectStore)
     assert store.client.meta.config.max_pool_connections == 24
-    # Everything else as dagster-aws's own S3Resource configures it.
+    # botocore makes one attempt per call (the pipeline retries); the rest as dagster-aws's own
+    # S3Resource configures it.
+    assert store.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 1}
     from dagster_aws.s3 import S3Resource
-    plain = S3Resource(endpoint_url=s3_endpoint_url, region_name="us-east-1",
-                       max_attempts=2).get_client()
-    assert store.client.meta.config.retries == plain.meta.config.retries
+    plain = S3Resource(endpoint_url=s3_endpoint_url, region_name="us-east-1").get_client()
+    assert plain.meta.config.retries["total_max_attempts"] > 1
     assert store.client.meta.endpoint_url == plain.meta.endpoint_url == s3_endpoint_url
     assert store.max_useful_concurrency == 24
     store.ensure_bucket(bucket_name)
