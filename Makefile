@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test dev bench lint schemas clean
+.PHONY: demo test soak dev bench lint schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: $(STAMP) $(CHROMIUM)
 ## Run the whole test suite (SQLite and PostgreSQL, local store and S3 over HTTP).
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
+
+## The crash suite at length: 200 random SIGKILLs of builds and 25 rounds of four killed
+## `--wait` CLIs per backend (about 25 minutes; docs/reliability.md).
+soak: $(STAMP)
+	BRIGHTRUN_SOAK_RANDOM_KILLS=200 BRIGHTRUN_SOAK_CLI_ROUNDS=25 \
+		$(BIN)/pytest -q -s tests/test_crash.py tests/test_daemon_crash.py tests/test_concurrency.py
 
 ## Dagster UI + daemon (sensor and schedule running) on http://127.0.0.1:3000; Ctrl-C stops it.
 dev: $(STAMP)

@@ -6,13 +6,11 @@ from contextlib import contextmanager
 import dagster as dg
 
 from assets.catalog import enriched_conversations
-from assets.partitions import REQUEST_TAG, training_files_partitions
-from brightrun_pipeline.builder import BuiltVersion
+from assets.partitions import ATTEMPT_TAG, REQUEST_TAG, training_files_partitions
 from brightrun_pipeline.db.repository import VersionRecord
 from brightrun_pipeline.errors import BrightRunError
 from brightrun_pipeline.lineage import version_lineage_rows
-from brightrun_pipeline.service import Pipeline, VersionPlan
-from brightrun_pipeline.verification import verify_built_version
+from brightrun_pipeline.service import Pipeline, StagedVersion, VersionPlan
 from resources import BrightRunResource
 
 JSON_KEY = dg.AssetKey("training_file_json")
@@ -45,8 +43,10 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
     pipeline = brightrun.pipeline()
     request_id = context.run.tags.get(REQUEST_TAG)
     if request_id:
-        with reported_as_failure(), pipeline.request_outcome([request_id], context.run.run_id):
-            plan = pipeline.start(request_id, context.run.run_id)
+        attempt = run_attempt(context.run)
+        with reported_as_failure(), pipeline.request_outcome([request_id], context.run.run_id,
+                                                             attempt):
+            plan = pipeline.start(request_id, context.run.run_id, attempt)
         if plan.spec.training_file_id != context.partition_key:
             raise dg.Failure(f"request {request_id} targets training file "
                              f"{plan.spec.training_file_id}, not partition {context.partition_key}")
@@ -75,10 +75,10 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
     group_name="training_files",
     outs={
         "training_file_json": dg.AssetOut(
-            description="The full training JSON (brightrun-lora-v4)."
+            description="The full training JSON (brightrun-lora-v4).", is_required=False,
         ),
         "training_file_jsonl": dg.AssetOut(
-            description="One line per trainable pair, from the JSON."
+            description="One line per trainable pair, from the JSON.", is_required=False,
         ),
     },
     internal_asset_deps={
@@ -108,22 +108,30 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
 def training_file_objects(
     context: dg.AssetExecutionContext, plan: VersionPlan, brightrun: BrightRunResource
 ):
-    """Write the next version's training.json, training.jsonl and manifest.json, then check them."""
+    """Write the next version's training.json, training.jsonl and manifest.json under the file's
+    build lease, then check them."""
     pipeline = brightrun.pipeline()
-    with reported_as_failure(), pipeline.request_outcome(plan.request_ids, context.run.run_id):
-        built = pipeline.build(plan)
-        report = verify_built_version(pipeline, built)
-    for name, outcome in report.items():
+    with reported_as_failure(), pipeline.request_outcome(plan.request_ids, context.run.run_id,
+                                                         plan.attempt):
+        staged = pipeline.stage(plan)
+    if staged is None:
+        context.log.info("the file moved on and no changed source is left to rebuild")
+        return
+    for name, outcome in staged.checks.items():
         asset = JSONL_KEY if name in ("line_count_matches", "lines_equal_pairs", "unique_ids") \
             else JSON_KEY
         yield dg.AssetCheckResult(check_name=name, asset_key=asset, passed=outcome.passed,
                                   metadata={"detail": outcome.detail})
-    if not all(outcome.passed for outcome in report.values()):
-        failed = ", ".join(name for name, o in report.items() if not o.passed)
-        pipeline.record_failure(plan.request_ids, RuntimeError(f"checks failed: {failed}"),
-                                context.run.run_id)
-    yield dg.Output(built, output_name="training_file_json", metadata={
-        "version": plan.spec.version,
+    if not staged.passed:
+        from brightrun_pipeline.errors import ChecksFailed
+
+        pipeline.record_failure(
+            staged.plan.request_ids,
+            ChecksFailed(f"checks failed: {', '.join(staged.failed_checks())}"),
+            context.run.run_id, staged.plan.attempt)
+    built, version = staged.built, staged.plan.spec.version
+    yield dg.Output(staged, output_name="training_file_json", metadata={
+        "version": version,
         "key": built.json.key,
         "sha256": built.json.sha256,
         "size_bytes": built.json.size,
@@ -135,8 +143,8 @@ def training_file_objects(
         "source_fetch_retries": built.source_fetch_retries,
         "output_retries": built.output_retries,
     })
-    yield dg.Output(built, output_name="training_file_jsonl", metadata={
-        "version": plan.spec.version,
+    yield dg.Output(staged, output_name="training_file_jsonl", metadata={
+        "version": version,
         "key": built.jsonl.key,
         "sha256": built.jsonl.sha256,
         "size_bytes": built.jsonl.size,
@@ -147,21 +155,25 @@ def training_file_objects(
 @dg.asset(
     partitions_def=training_files_partitions,
     group_name="training_files",
-    ins={
-        "plan": dg.AssetIn("training_file_membership"),
-        "built": dg.AssetIn("training_file_jsonl"),
-    },
-    deps=[JSON_KEY],
+    ins={"staged": dg.AssetIn("training_file_jsonl")},
+    deps=[JSON_KEY, dg.AssetKey("training_file_membership")],
 )
 def training_file_version(
-    context: dg.AssetExecutionContext, plan: VersionPlan, built: BuiltVersion,
-    brightrun: BrightRunResource,
+    context: dg.AssetExecutionContext, staged: StagedVersion, brightrun: BrightRunResource,
 ) -> dg.MaterializeResult:
     """The published version: current pointer, version row, membership and request outcome."""
     pipeline = brightrun.pipeline()
-    with reported_as_failure(), pipeline.request_outcome(plan.request_ids, context.run.run_id):
-        record = pipeline.publish(plan, built)
+    plan = staged.plan
+    with reported_as_failure(), pipeline.request_outcome(plan.request_ids, context.run.run_id,
+                                                         plan.attempt):
+        record = pipeline.publish(staged)
     return dg.MaterializeResult(metadata=lineage_metadata(pipeline, record))
+
+
+def run_attempt(run: dg.DagsterRun) -> int | None:
+    """The request attempt a run was launched for (None for runs launched without one)."""
+    raw = run.tags.get(ATTEMPT_TAG)
+    return int(raw) if raw and raw.isdigit() else None
 
 
 # The UI's metadata table stays responsive up to a few hundred rows; `brightrun lineage file`

@@ -667,12 +667,12 @@ def build_version(
     output_bucket: str,
     concurrency: int,
     retry: RetrySettings,
-    is_published: Callable[[], bool] = lambda: False,
 ) -> BuiltVersion:
     """Build and write training.json, training.jsonl and manifest.json of `spec.version`.
 
-    Objects already at the version's keys are replaced only while `is_published()` says the
-    version is not published: they are leftovers of an earlier failed attempt.
+    The caller holds the version's build lease: it alone writes at the version's keys, and it
+    cleared them when it took the lease. Objects are written once; finding one already there
+    with other bytes means another writer got in, and this build is stale.
 
     `members` yields the conversations already in the file, in file order (the database's view of
     version N). Nothing is published here: the objects are written, the caller checks and commits.
@@ -691,11 +691,9 @@ def build_version(
             try:
                 outputs.put_file(output_bucket, keys[name], work / name)
             except ObjectExists as exc:
-                if is_published():
-                    raise StaleVersion(
-                        f"version {spec.version} of training file {tid} was published by "
-                        "another build; this build is stale") from exc
-                outputs.put_file(output_bucket, keys[name], work / name, replace=True)
+                raise StaleVersion(
+                    f"version {spec.version} of training file {tid}: {name} was written by "
+                    "another build; this build is stale") from exc
         return built
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -94,12 +96,15 @@ def cli(ctx: click.Context) -> None:
 @pass_app
 def init(app: App) -> None:
     """Create or upgrade the database schema, the buckets and DAGSTER_HOME (idempotent)."""
-    from brightrun_pipeline.launcher import ensure_dagster_home
+    from brightrun_pipeline.launcher import daemon_running, ensure_dagster_home
 
     app.db.upgrade()
     app.store.ensure_bucket(app.settings.source_bucket)
     app.store.ensure_bucket(app.settings.training_bucket)
     home = ensure_dagster_home(app.settings)
+    # Opening the instance once creates its storage, so that processes starting together later
+    # do not race to create it.
+    daemon_running(app.settings)
     click.echo(f"database ready: {_safe_url(app.settings.database_url)}")
     click.echo(f"buckets ready: {app.settings.source_bucket}, {app.settings.training_bucket}")
     click.echo(f"DAGSTER_HOME: {home}")
@@ -369,15 +374,48 @@ def _after_submit(app: App, request: SelectionRequest, wait: bool) -> None:
         click.echo(f"request {request.id} is pending ({len(request.conversation_ids)} "
                    "conversations); the sensor will pick it up")
         return
-    from brightrun_pipeline.launcher import run_request_in_process
+    from brightrun_pipeline import launcher
 
-    claimed = app.pipeline.claim(request.id)
-    if claimed is None:
-        _report_final(app, request.id)
-        return
-    outcome = run_request_in_process(app.settings, request.id, claimed.target_file_id)
-    click.echo(f"dagster run {outcome.run_id}")
+    if launcher.daemon_running(app.settings):
+        # The daemon runs it; this process only follows it, so stopping it changes nothing.
+        click.echo(f"request {request.id}: the Dagster daemon processes it", err=True)
+        try:
+            launcher.wait_for_request(
+                app.settings, app.pipeline, request.id,
+                lambda status: click.echo(f"request {request.id}: {status}", err=True))
+        except KeyboardInterrupt:
+            click.echo(f"stopped following request {request.id}; it goes on in the daemon "
+                       f"(brightrun requests show {request.id})", err=True)
+            sys.exit(130)
+    else:
+        _survive_hangup()
+        try:
+            launcher.process_in_this_process(app.settings, app.pipeline, request.id)
+        except KeyboardInterrupt as interrupt:
+            # Never leave the request claimed by a process that is gone.
+            app.pipeline.record_failure([request.id], interrupt)
+            click.echo(f"stopped: request {request.id} failed; `brightrun requests retry "
+                       f"{request.id}` runs it again", err=True)
+            sys.exit(130)
+    done = app.db.get_request(request.id)
+    if done is not None and done.dagster_run_id:
+        click.echo(f"dagster run {done.dagster_run_id}")
     _report_final(app, request.id)
+
+
+def _survive_hangup() -> None:
+    """Closing the terminal must not kill a build half-way: on SIGHUP, keep going with the
+    output sent nowhere (the outcome is on the request and the run)."""
+
+    def detach(_signum: int, _frame: object) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+                os.dup2(devnull, stream.fileno())
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, detach)
 
 
 def _report_final(app: App, request_id: str) -> None:
@@ -604,7 +642,7 @@ def lineage_file(app: App, file_ref: str, version: int | None, fmt: str) -> None
 def demo(app: App) -> None:
     """Seed demo data, build a training file from one batch, add a second batch; print results."""
     from brightrun_pipeline.demo_data import generate_demo_dataset
-    from brightrun_pipeline.launcher import ensure_dagster_home, run_request_in_process
+    from brightrun_pipeline.launcher import ensure_dagster_home, process_in_this_process
     from brightrun_pipeline.seeding import seed_dataset
 
     settings = app.settings
@@ -629,10 +667,10 @@ def demo(app: App) -> None:
         else:
             request = pipeline.submit(conversation_ids=kept, training_file=current.id,
                                       requested_by="demo")
-        claimed = pipeline.claim(request.id)
-        assert claimed is not None
-        outcome = run_request_in_process(settings, request.id, claimed.target_file_id)
-        click.echo(f"batch {batch}: dagster run {outcome.run_id}")
+        process_in_this_process(settings, pipeline, request.id)
+        done = app.db.get_request(request.id)
+        assert done is not None
+        click.echo(f"batch {batch}: dagster run {done.dagster_run_id}")
         _report_final(app, request.id)
     _print_published(app, app.file(name))
 

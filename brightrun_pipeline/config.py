@@ -21,6 +21,22 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class LifecycleSettings:
+    """How claimed requests and builds show they are alive, and how failures are retried."""
+
+    # A run, a build lease or a `--wait` claim beats this often while its process is alive ...
+    heartbeat_seconds: float = 5.0
+    # ... and is taken as abandoned (its process died) when no beat came for this long.
+    stale_after_seconds: float = 30.0
+    # Claims of one request in all (the first run and its automatic retries of transient
+    # failures); permanent failures are never retried.
+    request_attempts: int = 3
+    # How long a build waits for another build of the same file to finish before it gives up
+    # (a transient failure, retried like any other).
+    build_wait_seconds: float = 900.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the pipeline needs to know about where things live."""
 
@@ -38,6 +54,7 @@ class Settings:
     fetch_concurrency: int = 32
     rematerialize_cron: str = "0 3 * * *"
     retry: RetrySettings = field(default_factory=RetrySettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -93,4 +110,21 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             base_delay=_float(env, "BRIGHTRUN_FETCH_BASE_DELAY", 0.2),
             max_delay=_float(env, "BRIGHTRUN_FETCH_MAX_DELAY", 5.0),
         ),
+        lifecycle=_lifecycle(env),
     )
+
+
+def _lifecycle(env: dict[str, str]) -> LifecycleSettings:
+    defaults = LifecycleSettings()
+    settings = LifecycleSettings(
+        heartbeat_seconds=_float(env, "BRIGHTRUN_HEARTBEAT_SECONDS", defaults.heartbeat_seconds),
+        stale_after_seconds=_float(env, "BRIGHTRUN_STALE_AFTER_SECONDS",
+                                   defaults.stale_after_seconds),
+        request_attempts=_int(env, "BRIGHTRUN_REQUEST_ATTEMPTS", defaults.request_attempts),
+        build_wait_seconds=_float(env, "BRIGHTRUN_BUILD_WAIT_SECONDS",
+                                  defaults.build_wait_seconds),
+    )
+    if not 0 < settings.heartbeat_seconds < settings.stale_after_seconds:
+        raise ValueError("BRIGHTRUN_HEARTBEAT_SECONDS must be positive and less than "
+                         "BRIGHTRUN_STALE_AFTER_SECONDS")
+    return settings

@@ -49,6 +49,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
             fetch_attempts=settings.retry.attempts,
             fetch_base_delay=settings.retry.base_delay,
             fetch_max_delay=settings.retry.max_delay,
+            heartbeat_seconds=settings.lifecycle.heartbeat_seconds,
+            stale_after_seconds=settings.lifecycle.stale_after_seconds,
+            request_attempts=settings.lifecycle.request_attempts,
+            build_wait_seconds=settings.lifecycle.build_wait_seconds,
         ),
     }
 

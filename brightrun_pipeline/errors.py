@@ -57,7 +57,20 @@ class SourceError(ProcessingFailed):
 
 
 class StaleVersion(ProcessingFailed):
-    """Another build published first: this build's base version is no longer current."""
+    """Another build published first, or took this build's version over: a transient outcome,
+    retried on top of the new current version."""
+
+
+class ChecksFailed(ProcessingFailed):
+    """A built version failed its blocking checks: nothing was published."""
+
+
+class AttemptLost(ProcessingFailed):
+    """The process running an attempt died or lost its database or storage: run it again."""
+
+
+class AttemptSuperseded(ProcessingFailed):
+    """A run belongs to an attempt of a request that is no longer the request's current one."""
 
 
 class ObjectNotFound(BrightRunError):
@@ -86,3 +99,12 @@ class InvalidKey(BrightRunError):
     """A storage key is malformed or would escape its bucket."""
 
     exit_code = 2
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a failed attempt may succeed if run again: transient storage and database faults,
+    lost builds and crashed processes are; broken rules, bad sources and failed checks are not."""
+    if isinstance(error, StaleVersion | AttemptLost | TransientStorageError):
+        return True
+    # Ctrl-C is the user's decision to stop: the request fails (and can be retried by hand).
+    return not isinstance(error, BrightRunError | KeyboardInterrupt)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brightrun_pipeline.config import Settings
 
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from brightrun_pipeline.service import Pipeline
+
+logger = logging.getLogger(__name__)
 REPO_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
@@ -30,13 +40,85 @@ class RunOutcome:
 
 
 def run_request_in_process(
-    settings: Settings, request_id: str, training_file_id: str
+    settings: Settings, request_id: str, training_file_id: str, attempt: int | None = None,
 ) -> RunOutcome:
     """Run the training-file job for one claimed request; the run shows in the Dagster UI."""
-    from assets.partitions import REASON_TAG, REQUEST_TAG
+    from assets.partitions import ATTEMPT_TAG, REASON_TAG, REQUEST_TAG
 
-    return run_partition_in_process(settings, training_file_id,
-                                    {REQUEST_TAG: request_id, REASON_TAG: "request"})
+    tags = {REQUEST_TAG: request_id, REASON_TAG: "request"}
+    if attempt is not None:
+        tags[ATTEMPT_TAG] = str(attempt)
+    return run_partition_in_process(settings, training_file_id, tags)
+
+
+TERMINAL_STATUSES = ("succeeded", "rejected", "failed")
+# A daemon heartbeats every 30 s; one older than this means no daemon is running.
+DAEMON_SILENCE_SECONDS = 75.0
+
+
+def daemon_running(settings: Settings) -> bool:
+    """Whether a Dagster daemon (its sensor loop) is alive on the configured instance."""
+    import time
+
+    with _instance(settings) as instance:
+        beat = instance.get_daemon_heartbeats().get("SENSOR")
+        return beat is not None and time.time() - beat.timestamp < DAEMON_SILENCE_SECONDS
+
+
+def process_in_this_process(settings: Settings, pipeline: Pipeline, request_id: str) -> None:
+    """Claim a pending request and run it here until it ends, retrying transient failures
+    while attempts last. First recovers what dead processes left on the instance."""
+    from brightrun_pipeline.errors import AttemptLost
+    from brightrun_pipeline.service import CLI_HOLDER
+    from sensors.recovery import recover
+
+    with _instance(settings) as instance:
+        recover(instance, pipeline)
+    while (valid := pipeline.claim(request_id, holder=CLI_HOLDER)) is not None:
+        claimed = pipeline.db.get_request(request_id)
+        assert claimed is not None
+        outcome = run_request_in_process(settings, request_id, valid.target_file_id,
+                                         claimed.attempts)
+        # A run that failed before its steps could record anything leaves its claim open.
+        pipeline.record_failure([request_id], AttemptLost(
+            f"run {outcome.run_id} ended without recording an outcome"), outcome.run_id,
+            attempt=claimed.attempts)
+
+
+def wait_for_request(settings: Settings, pipeline: Pipeline, request_id: str,
+                     on_change: Callable[[str], None], poll_seconds: float = 0.5) -> None:
+    """Follow a request the daemon processes until it ends; if the daemon stops and the
+    request is still unclaimed, process it here instead."""
+    import time
+
+    last = None
+    checked_daemon = time.monotonic()
+    while True:
+        request = pipeline.db.get_request(request_id)
+        assert request is not None
+        if request.status != last:
+            last = request.status
+            on_change(request.status)
+        if request.status in TERMINAL_STATUSES:
+            return
+        if (request.status == "pending"
+                and time.monotonic() - checked_daemon > DAEMON_SILENCE_SECONDS / 3):
+            checked_daemon = time.monotonic()
+            if not daemon_running(settings):
+                process_in_this_process(settings, pipeline, request_id)
+                continue
+        time.sleep(poll_seconds)
+
+
+@contextmanager
+def _instance(settings: Settings) -> Iterator[DagsterInstance]:
+    import os
+
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home(settings))
+    with dg.DagsterInstance.get() as instance:
+        yield instance
 
 
 def run_rematerialization_in_process(settings: Settings, training_file_id: str) -> RunOutcome:
@@ -49,17 +131,11 @@ def run_rematerialization_in_process(settings: Settings, training_file_id: str) 
 def run_partition_in_process(settings: Settings, training_file_id: str,
                              tags: dict[str, str]) -> RunOutcome:
     """Run the training-file job for one partition in this process, on the configured instance."""
-    import os
-
-    import dagster as dg
-
     from assets.partitions import TRAINING_FILE_TAG, training_files_partitions
     from brightrun_pipeline.definitions import build_definitions
     from jobs import TRAINING_FILE_JOB
 
-    home = ensure_dagster_home(settings)
-    os.environ["DAGSTER_HOME"] = str(home)
-    with dg.DagsterInstance.get() as instance:
+    with _instance(settings) as instance:
         partitions = training_files_partitions.name
         assert partitions is not None
         if not instance.has_dynamic_partition(partitions, training_file_id):
@@ -78,6 +154,11 @@ def run_partition_in_process(settings: Settings, training_file_id: str,
         if not result.success:
             from sensors.restatement import restate_in_process
 
-            restate_in_process(instance, defs.resources["brightrun"], training_file_id,
-                               result.run_id)
+            try:
+                restate_in_process(instance, defs.resources["brightrun"], training_file_id,
+                                   result.run_id)
+            except Exception as error:  # noqa: BLE001 - the request's outcome stands as recorded
+                # Only the UI's view of the partition waits for the failure sensor to restate it.
+                logger.warning("could not restate training file %s after run %s: %s",
+                               training_file_id, result.run_id, error)
         return RunOutcome(result.run_id, result.success)

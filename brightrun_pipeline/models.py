@@ -266,3 +266,6 @@ class SelectionRequest(BaseModel):
     attempts: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # Who holds a claimed request ("sensor" or "cli") and when it last showed it was alive.
+    claimed_by: str | None = None
+    heartbeat_at: datetime | None = None

@@ -3,11 +3,16 @@ CLI, the sensor and the assets."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import random
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from brightrun_pipeline.builder import (
     BuildSpec,
@@ -15,9 +20,11 @@ from brightrun_pipeline.builder import (
     IncomingConversation,
     PreviousVersion,
     build_version,
+    object_key,
 )
-from brightrun_pipeline.config import RetrySettings, Settings
+from brightrun_pipeline.config import LifecycleSettings, RetrySettings, Settings
 from brightrun_pipeline.db.repository import (
+    BuildClaim,
     CatalogRow,
     Database,
     NewFile,
@@ -25,8 +32,18 @@ from brightrun_pipeline.db.repository import (
     TrainingFileRecord,
     VersionRecord,
 )
-from brightrun_pipeline.errors import BrightRunError, ProcessingFailed, RequestRejected, UsageError
-from brightrun_pipeline.models import RequestError, SelectionRequest
+from brightrun_pipeline.errors import (
+    AttemptLost,
+    AttemptSuperseded,
+    ChecksFailed,
+    ProcessingFailed,
+    RequestRejected,
+    StaleVersion,
+    UsageError,
+    is_retryable,
+)
+from brightrun_pipeline.liveness import Heartbeat
+from brightrun_pipeline.models import SelectionRequest
 from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.rules import (
     ConversationFacts,
@@ -38,8 +55,15 @@ from brightrun_pipeline.rules import (
 )
 from brightrun_pipeline.storage import ObjectStore
 
+if TYPE_CHECKING:
+    from brightrun_pipeline.verification import CheckOutcome
+
 TRAINING_FILE_NAMESPACE = uuid.UUID("6f1d7c52-3b8e-5d0a-9a44-1c2b7e9f0d35")
 OPEN_STATUSES = ("pending", "queued", "running", "failed")
+# Holders of a claimed request (selection_requests.claimed_by).
+SENSOR_HOLDER = "sensor"
+CLI_HOLDER = "cli"
+OUTPUT_NAMES = ("training.json", "training.jsonl", "manifest.json")
 
 
 def utc_now() -> datetime:
@@ -73,6 +97,28 @@ class VersionPlan:
     request_ids: list[str] = field(default_factory=list)
     # Changed conversations a rematerialization could not re-read, with the reason.
     skipped: dict[str, str] = field(default_factory=dict)
+    # The attempt of the request this plan serves (fences its publication), if any.
+    attempt: int | None = None
+
+
+@dataclass(frozen=True)
+class StagedVersion:
+    """A version written and checked under its build lease, waiting to be published."""
+
+    plan: VersionPlan
+    built: BuiltVersion
+    checks: dict[str, CheckOutcome]
+    # The build lease that owns the version's keys until publication.
+    owner: str
+
+    @property
+    def passed(self) -> bool:
+        """Whether every blocking check passed."""
+        return all(outcome.passed for outcome in self.checks.values())
+
+    def failed_checks(self) -> list[str]:
+        """Names of the checks that failed."""
+        return [name for name, outcome in self.checks.items() if not outcome.passed]
 
 
 def incoming(row: CatalogRow) -> IncomingConversation:
@@ -97,20 +143,23 @@ class Pipeline:
     def __init__(self, db: Database, store: ObjectStore, *,
                  source_bucket: str = "conversation-files",
                  training_bucket: str = "training-files", fetch_concurrency: int = 16,
-                 retry: RetrySettings | None = None) -> None:
+                 retry: RetrySettings | None = None,
+                 lifecycle: LifecycleSettings | None = None) -> None:
         self.db = db
         self.store = store
         self.source_bucket = source_bucket
         self.training_bucket = training_bucket
         self.fetch_concurrency = fetch_concurrency
         self.retry = retry or RetrySettings()
+        self.lifecycle = lifecycle or LifecycleSettings()
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database, store: ObjectStore) -> Pipeline:
         """A pipeline configured from environment settings."""
         return cls(db, store, source_bucket=settings.source_bucket,
                    training_bucket=settings.training_bucket,
-                   fetch_concurrency=settings.fetch_concurrency, retry=settings.retry)
+                   fetch_concurrency=settings.fetch_concurrency, retry=settings.retry,
+                   lifecycle=settings.lifecycle)
 
     # --- Rules -----------------------------------------------------------------------------
 
@@ -183,7 +232,7 @@ class Pipeline:
         assert stored is not None
         return stored
 
-    def claim(self, request_id: str) -> ValidSelection | None:
+    def claim(self, request_id: str, holder: str = SENSOR_HOLDER) -> ValidSelection | None:
         """Move a pending request to `queued` exactly once, or reject it with reasons.
 
         Returns the valid selection when this call claimed it, None when it was not pending
@@ -198,19 +247,31 @@ class Pipeline:
             self.db.transition_request(request_id, from_statuses=["pending"], to="rejected",
                                        now=utc_now(), error=rejection.as_error())
             return None
-        claimed = self.db.claim_request(request_id, valid.target_file_id, utc_now())
+        claimed = self.db.claim_request(request_id, valid.target_file_id, utc_now(), holder)
         return valid if claimed else None
 
     # --- Building --------------------------------------------------------------------------
 
-    def start(self, request_id: str, run_id: str | None) -> VersionPlan:
-        """Validate a claimed request again at run start and plan the version it builds."""
+    def start(self, request_id: str, run_id: str | None,
+              attempt: int | None = None) -> VersionPlan:
+        """Validate a claimed request again at run start and plan the version it builds.
+
+        `attempt` is the claim the run was launched for: a run of an attempt the request has
+        since left behind (it was retried) does nothing. A failed request may be started again
+        (a re-execution from the Dagster UI) under its latest attempt.
+        """
         request = self.db.get_request(request_id)
         if request is None:
             raise ProcessingFailed(f"selection request {request_id} does not exist")
-        if request.status in ("succeeded", "rejected"):
-            raise ProcessingFailed(
-                f"selection request {request_id} is already {request.status}; nothing to build")
+        if request.status in ("succeeded", "rejected", "pending"):
+            raise AttemptSuperseded(
+                f"selection request {request_id} is {request.status}; this run has nothing "
+                "to build")
+        if (attempt is not None and attempt != request.attempts
+                and request.status in ("queued", "running")):
+            raise AttemptSuperseded(
+                f"this run is attempt {attempt} of request {request_id}, which is now on "
+                f"attempt {request.attempts}")
         try:
             valid = self.validate(request)
         except RequestRejected as rejection:
@@ -218,12 +279,15 @@ class Pipeline:
                                        now=utc_now(), error=rejection.as_error(),
                                        dagster_run_id=run_id)
             raise
-        self.db.transition_request(request_id, from_statuses=OPEN_STATUSES, to="running",
-                                   now=utc_now(), dagster_run_id=run_id, error=None,
-                                   target_file_id=valid.target_file_id)
-        return self.plan(valid, run_id)
+        if not self.db.transition_request(
+                request_id, from_statuses=("queued", "running", "failed"), to="running",
+                now=utc_now(), dagster_run_id=run_id, target_file_id=valid.target_file_id,
+                heartbeat_at=utc_now()):
+            raise AttemptSuperseded(f"selection request {request_id} changed while starting")
+        return self.plan(valid, run_id, request.attempts)
 
-    def plan(self, valid: ValidSelection, run_id: str | None) -> VersionPlan:
+    def plan(self, valid: ValidSelection, run_id: str | None,
+             attempt: int | None = None) -> VersionPlan:
         """The version a valid selection produces on top of the file's current version."""
         now = utc_now().replace(microsecond=0)
         request = valid.request
@@ -254,7 +318,7 @@ class Pipeline:
             additions=[incoming(row) for row in valid.rows],
         )
         return VersionPlan(spec, expected_current_version=file.current_version if file else None,
-                           new_file=new_file, request_ids=[request.id])
+                           new_file=new_file, request_ids=[request.id], attempt=attempt)
 
     def plan_rematerialization(self, file_id: str, run_id: str | None) -> VersionPlan | None:
         """A new version that re-reads the sources changed since they were built into the file,
@@ -302,13 +366,99 @@ class Pipeline:
             jsonl_sha256=record.jsonl_sha256, jsonl_size=record.jsonl_size,
             body_start=record.json_body_start, body_end=record.json_body_end)
 
-    def build(self, plan: VersionPlan) -> BuiltVersion:
-        """Write the three objects of the planned version (unpublished until `publish`)."""
+    def stage(self, plan: VersionPlan) -> StagedVersion | None:
+        """Reserve the plan's version, write its objects and run the blocking checks.
+
+        Only the build holding a file's lease writes at its next version's keys. A build that
+        finds another live build on the file waits for it; one that finds the file moved on
+        plans again on top of the new version (None: a rematerialization with nothing left to
+        rebuild). If the checks fail, or anything goes wrong, the objects are removed and the
+        lease is given up; on success the lease is kept for `publish`.
+        """
+        owner = uuid.uuid4().hex
+        plan = self._reserve(plan, owner)
+        if plan is None:
+            return None
+        file_id = plan.spec.training_file_id
+        lifecycle = self.lifecycle
+        lease = Heartbeat(
+            lambda: self.db.renew_build(file_id, owner=owner, now=utc_now(),
+                                        ttl=lifecycle.stale_after_seconds),
+            lifecycle.heartbeat_seconds, name=f"build-lease-{file_id}")
+        try:
+            with lease:
+                built = self.build(plan)
+                from brightrun_pipeline.verification import verify_built_version
+
+                staged = StagedVersion(plan, built, verify_built_version(self, built), owner)
+        except BaseException:
+            self.abandon(plan, owner)
+            raise
+        if not staged.passed:
+            self.abandon(plan, owner)
+        elif lease.lost:
+            raise StaleVersion(f"training file {file_id}: another build took version "
+                               f"{plan.spec.version} over while this one was building it")
+        return staged
+
+    def _reserve(self, plan: VersionPlan, owner: str) -> VersionPlan | None:
+        """Take the build lease of the plan's version, waiting for a live build of the same
+        file and planning again when the file moved on."""
+        deadline = time.monotonic() + self.lifecycle.build_wait_seconds
+        delay = 0.05
+        while True:
+            spec = plan.spec
+            claim = self.db.acquire_build(
+                spec.training_file_id, spec.version, owner=owner, now=utc_now(),
+                ttl=self.lifecycle.stale_after_seconds, dagster_run_id=spec.dagster_run_id,
+                on_acquired=functools.partial(self._discard_objects, spec.training_file_id,
+                                              spec.version))
+            if claim is BuildClaim.ACQUIRED:
+                return plan
+            if claim is BuildClaim.MOVED:
+                replanned = self._replan(plan)
+                if replanned is None:
+                    return None
+                plan = replanned
+                continue
+            if time.monotonic() >= deadline:
+                raise AttemptLost(
+                    f"training file {spec.training_file_id} was being built by another run for "
+                    f"more than {self.lifecycle.build_wait_seconds:.0f} s")
+            # Another build holds the file: wait for it (it beats its lease while alive).
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    def _replan(self, plan: VersionPlan) -> VersionPlan | None:
+        """The same work planned on top of the file's current version."""
+        run_id = plan.spec.dagster_run_id
+        if not plan.request_ids:
+            return self.plan_rematerialization(plan.spec.training_file_id, run_id)
+        request = self.db.get_request(plan.request_ids[0])
+        if request is None:
+            raise ProcessingFailed(f"selection request {plan.request_ids[0]} does not exist")
+        return self.plan(self.validate(request), run_id, plan.attempt)
+
+    def _discard_objects(self, file_id: str, version: int) -> None:
+        """Remove what an unpublished build left at a version's keys (only ever called while
+        holding that version's lease, so nothing published is touched)."""
+        for name in OUTPUT_NAMES:
+            self.store.delete(self.training_bucket, object_key(file_id, version, name))
+
+    def abandon(self, plan: VersionPlan, owner: str) -> None:
+        """Give up a build: remove its objects and its lease (best effort; a lease left behind
+        expires, and the next build of that version removes the objects)."""
         spec = plan.spec
-        if self.db.get_version(spec.training_file_id, spec.version) is not None:
-            raise ProcessingFailed(
-                f"version {spec.version} of training file {spec.training_file_id} is already "
-                "published; this build is stale")
+        # Best effort: the failure being handled is the one to report.
+        with contextlib.suppress(Exception):
+            self.db.release_build(
+                spec.training_file_id, owner=owner,
+                on_release=lambda: self._discard_objects(spec.training_file_id, spec.version))
+
+    def build(self, plan: VersionPlan) -> BuiltVersion:
+        """Write the three objects of the planned version (unpublished until `publish`); the
+        caller holds the version's build lease."""
+        spec = plan.spec
         # Writes of this version and reads of the previous one are retried (and counted) by this
         # store; source fetches by the builder's own fetches, on the store itself.
         outputs = RetryingStore(self.store, self.retry)
@@ -321,13 +471,15 @@ class Pipeline:
             output_bucket=self.training_bucket,
             concurrency=self.fetch_concurrency,
             retry=self.retry,
-            is_published=lambda: self.db.get_version(spec.training_file_id,
-                                                     spec.version) is not None,
         )
         return replace(built, output_retries=outputs.retries.value)
 
-    def publish(self, plan: VersionPlan, built: BuiltVersion) -> VersionRecord:
-        """Make the built version current in one transaction (compare-and-swap on the version)."""
+    def publish(self, staged: StagedVersion) -> VersionRecord:
+        """Make a staged version current in one transaction: it must still hold its build lease
+        (and its request the same attempt); the file's version moves N → N+1."""
+        plan, built = staged.plan, staged.built
+        if not staged.passed:
+            raise ChecksFailed(f"checks failed: {', '.join(staged.failed_checks())}")
         spec = plan.spec
         record = VersionRecord(
             training_file_id=spec.training_file_id,
@@ -348,39 +500,62 @@ class Pipeline:
             dagster_run_id=spec.dagster_run_id,
             created_at=spec.published_at,
         )
-        self.db.publish_version(
-            Publication(
-                version=record,
-                expected_current_version=plan.expected_current_version,
-                new_file=plan.new_file,
-                vertical=built.vertical,
-                consultant_profile=built.consultant_profile,
-                added_members=built.added_members,
-                rebuilt_members=built.rebuilt_members,
-                published_at=spec.published_at,
-            ),
-            plan.request_ids,
+        publication = Publication(
+            version=record,
+            expected_current_version=plan.expected_current_version,
+            new_file=plan.new_file,
+            vertical=built.vertical,
+            consultant_profile=built.consultant_profile,
+            added_members=built.added_members,
+            rebuilt_members=built.rebuilt_members,
+            published_at=spec.published_at,
+            build_owner=staged.owner,
+            request_attempt=plan.attempt,
         )
+        try:
+            self.db.publish_version(publication, plan.request_ids)
+        except BaseException:
+            if self._published(record):
+                # The commit went through; only its reply was lost with the connection.
+                return record
+            # Nothing was published: free the version's keys and lease now rather than when the
+            # lease expires (if the commit did go through after all, the lease is gone and
+            # this removes nothing).
+            self.abandon(plan, staged.owner)
+            raise
         return record
+
+    def _published(self, record: VersionRecord) -> bool:
+        """Whether exactly this version is published, read back after its publication failed."""
+        try:
+            stored = self.db.get_version(record.training_file_id, record.version)
+        except Exception:  # noqa: BLE001 - the database is still out of reach: not known
+            return False
+        return stored is not None and stored.manifest_sha256 == record.manifest_sha256
 
     # --- Outcomes --------------------------------------------------------------------------
 
     def record_failure(self, request_ids: Sequence[str], error: BaseException,
-                       run_id: str | None = None,
-                       only_from: Sequence[str] = OPEN_STATUSES) -> None:
-        """Store why a request did not publish: rejected for rule breaks, failed otherwise."""
+                       run_id: str | None = None, attempt: int | None = None) -> None:
+        """End a claimed request's attempt: rejected for broken rules, failed for permanent
+        problems, and back to pending (a new attempt) for transient ones while attempts last."""
+        if isinstance(error, AttemptSuperseded):
+            return  # this run no longer speaks for the request
         if isinstance(error, RequestRejected):
             status, payload = "rejected", error.as_error()
         elif isinstance(error, ProcessingFailed):
             status, payload = "failed", error.as_error()
+        elif isinstance(error, KeyboardInterrupt):
+            status = "failed"
+            payload = {"message": "stopped with Ctrl-C; `brightrun requests retry` runs it again",
+                       "conversations": {}}
         else:
-            status, payload = "failed", RequestError(message=str(error) or type(error).__name__)
+            status = "failed"
+            payload = {"message": f"{type(error).__name__}: {error}", "conversations": {}}
+        retry_below = self.lifecycle.request_attempts if is_retryable(error) else 0
         for request_id in request_ids:
-            values = {"error": payload}
-            if run_id is not None:
-                values["dagster_run_id"] = run_id
-            self.db.transition_request(request_id, from_statuses=only_from, to=status,
-                                       now=utc_now(), **values)
+            self.db.fail_attempt(request_id, attempt=attempt, status=status, error=payload,
+                                 now=utc_now(), retry_below=retry_below, dagster_run_id=run_id)
 
     def record_success(self, request_id: str, run_id: str) -> None:
         """Note which run published a succeeded request (re-executions included)."""
@@ -401,21 +576,37 @@ class Pipeline:
         return retried
 
     @contextmanager
-    def request_outcome(self, request_ids: Sequence[str], run_id: str | None) -> Iterator[None]:
+    def request_outcome(self, request_ids: Sequence[str], run_id: str | None,
+                        attempt: int | None = None) -> Iterator[None]:
         """Record a failure of the enclosed step on its requests, then let it propagate."""
         try:
             yield
-        except BrightRunError as error:
-            self.record_failure(request_ids, error, run_id)
-            raise
-        except Exception as error:
-            self.record_failure(request_ids, ProcessingFailed(f"{type(error).__name__}: {error}"),
-                                run_id)
+        except (Exception, KeyboardInterrupt) as error:
+            self.record_failure(request_ids, error, run_id, attempt)
             raise
 
-    def run_request(self, request_id: str, run_id: str | None = None) -> VersionRecord:
-        """Build and publish one claimed request without Dagster (tests, benchmarks)."""
-        with self.request_outcome([request_id], run_id):
-            plan = self.start(request_id, run_id)
-            built = self.build(plan)
-            return self.publish(plan, built)
+    def keep_alive(self, *, run_id: str | None, training_file_id: str | None = None,
+                   request_id: str | None = None) -> Heartbeat:
+        """A heartbeat showing that this process still works on a run and its request."""
+        return Heartbeat(
+            lambda: self.db.beat(now=utc_now(), run_id=run_id,
+                                 training_file_id=training_file_id, request_id=request_id),
+            self.lifecycle.heartbeat_seconds, name=f"heartbeat-{run_id or request_id}")
+
+    def run_request(self, request_id: str, run_id: str | None = None,
+                    attempt: int | None = None) -> VersionRecord:
+        """Build, check and publish one claimed request without Dagster (tests, benchmarks):
+        the same steps, leases and checks as a run of the training-file job."""
+        heartbeat = self.keep_alive(run_id=run_id, request_id=request_id)
+        with heartbeat:
+            try:
+                with self.request_outcome([request_id], run_id, attempt):
+                    plan = self.start(request_id, run_id, attempt)
+                    staged = self.stage(plan)
+                    assert staged is not None  # a request always has something to add
+                    return self.publish(staged)
+            finally:
+                heartbeat.close()  # no beat may land after the run's row is gone
+                if run_id is not None:
+                    with contextlib.suppress(Exception):
+                        self.db.end_beats(run_id)

@@ -1,6 +1,7 @@
 """Dagster resources that hand the domain layer its database, object stores and settings."""
 
 
+import contextlib
 from typing import Any
 
 import boto3
@@ -11,8 +12,10 @@ from dagster_aws.s3 import S3Resource
 from dagster_aws.utils import construct_boto_client_retry_config
 from pydantic import Field, PrivateAttr
 
-from brightrun_pipeline.config import RetrySettings
+from assets.partitions import REQUEST_TAG, TRAINING_FILE_TAG
+from brightrun_pipeline.config import LifecycleSettings, RetrySettings
 from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.liveness import Heartbeat
 from brightrun_pipeline.s3_store import S3ObjectStore
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
@@ -116,8 +119,33 @@ class BrightRunResource(dg.ConfigurableResource):
     fetch_attempts: int = RetrySettings.attempts
     fetch_base_delay: float = RetrySettings.base_delay
     fetch_max_delay: float = RetrySettings.max_delay
+    heartbeat_seconds: float = LifecycleSettings.heartbeat_seconds
+    stale_after_seconds: float = LifecycleSettings.stale_after_seconds
+    request_attempts: int = LifecycleSettings.request_attempts
+    build_wait_seconds: float = LifecycleSettings.build_wait_seconds
 
     _pipeline: Pipeline | None = PrivateAttr(default=None)
+    _heartbeat: Heartbeat | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """In a run, beat the run's heartbeat (and its request's) until the run ends: a run whose
+        process dies stops beating, and the sensor fails it so that nothing waits on it."""
+        run = context.run
+        if run is None:
+            return
+        self._heartbeat = self.pipeline().keep_alive(
+            run_id=run.run_id, training_file_id=run.tags.get(TRAINING_FILE_TAG),
+            request_id=run.tags.get(REQUEST_TAG))
+        self._heartbeat.__enter__()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Stop the run's heartbeat and forget it (the run is over)."""
+        if self._heartbeat is None or context.run is None:
+            return
+        self._heartbeat.close()
+        self._heartbeat = None
+        with contextlib.suppress(Exception):
+            self.pipeline().db.end_beats(context.run.run_id)
 
     def pipeline(self) -> Pipeline:
         """The service the assets and sensors call."""
@@ -130,5 +158,7 @@ class BrightRunResource(dg.ConfigurableResource):
                 fetch_concurrency=self.fetch_concurrency,
                 retry=RetrySettings(self.fetch_attempts, self.fetch_base_delay,
                                     self.fetch_max_delay),
+                lifecycle=LifecycleSettings(self.heartbeat_seconds, self.stale_after_seconds,
+                                            self.request_attempts, self.build_wait_seconds),
             )
         return self._pipeline

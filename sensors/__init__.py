@@ -6,15 +6,19 @@ import time
 import dagster as dg
 
 from assets.partitions import (
+    ATTEMPT_TAG,
     REASON_TAG,
     REQUEST_TAG,
     TRAINING_FILE_TAG,
     training_files_partitions,
 )
 from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.errors import AttemptLost, ProcessingFailed
 from brightrun_pipeline.models import SelectionRequest
+from brightrun_pipeline.service import SENSOR_HOLDER
 from jobs import training_file_job
 from resources import BrightRunResource
+from sensors.recovery import recover
 from sensors.restatement import restate_after_failed_run
 
 PAGE_SIZE = 50
@@ -51,10 +55,18 @@ def request_run_key(request_id: str, attempt: int) -> str:
 def selection_request_sensor(
     context: dg.SensorEvaluationContext, brightrun: BrightRunResource
 ) -> dg.SensorResult:
-    """Turn each pending selection request into one run of the training-file job (or reject it)."""
+    """Turn each pending selection request into one run of the training-file job (or reject it),
+    and recover the work of processes that died."""
     pipeline = brightrun.pipeline()
     db = pipeline.db
     deadline = time.monotonic() + TICK_BUDGET_SECONDS
+    recovered = recover(context.instance, pipeline)
+    if recovered:
+        context.log.warning(
+            f"recovered: {len(recovered.failed_runs)} abandoned run(s) failed "
+            f"{recovered.failed_runs}, {len(recovered.ended_attempts)} attempt(s) ended "
+            f"{recovered.ended_attempts}, {len(recovered.handed_over)} claim(s) handed over "
+            f"{recovered.handed_over}")
     rejected = 0
     # Claim pending requests a page at a time. A claim is a conditional update, so a tick that
     # runs twice (at-least-once delivery) cannot claim a request twice.
@@ -69,6 +81,8 @@ def selection_request_sensor(
     run_requests: list[dg.RunRequest] = []
     new_partitions: list[str] = []
     for request in queued:
+        if request.claimed_by not in (None, SENSOR_HOLDER):
+            continue  # a `--wait` CLI runs it itself (handed over to the sensor if it dies)
         file_id = request.target_file_id
         assert file_id is not None
         if file_id not in new_partitions and not context.instance.has_dynamic_partition(
@@ -77,7 +91,8 @@ def selection_request_sensor(
         run_requests.append(dg.RunRequest(
             run_key=request_run_key(request.id, request.attempts),
             partition_key=file_id,
-            tags={REQUEST_TAG: request.id, TRAINING_FILE_TAG: file_id, REASON_TAG: "request"},
+            tags={REQUEST_TAG: request.id, TRAINING_FILE_TAG: file_id, REASON_TAG: "request",
+                  ATTEMPT_TAG: str(request.attempts)},
         ))
     if rejected:
         context.log.info(f"{rejected} pending request(s) rejected or claimed elsewhere")
@@ -91,6 +106,7 @@ def selection_request_sensor(
 
 @dg.run_failure_sensor(
     monitored_jobs=[training_file_job],
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def request_failure_sensor(
@@ -98,20 +114,23 @@ def request_failure_sensor(
 ) -> None:
     """A failed run fails its request (when the step did not record a more precise reason)."""
     _close_request(context.dagster_run, brightrun,
-                   context.failure_event.message or "the Dagster run failed")
+                   AttemptLost(context.failure_event.message or "the Dagster run failed"))
     restate_after_failed_run(context.instance, brightrun.pipeline(), context.dagster_run)
 
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.CANCELED,
     monitored_jobs=[training_file_job],
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def request_canceled_sensor(
     context: dg.RunStatusSensorContext, brightrun: BrightRunResource
 ) -> None:
-    """A canceled run fails its request, so it can be retried."""
-    _close_request(context.dagster_run, brightrun, "the Dagster run was canceled")
+    """A canceled run fails its request (an operator's decision: not retried automatically;
+    `brightrun requests retry` puts it back)."""
+    _close_request(context.dagster_run, brightrun,
+                   ProcessingFailed("the Dagster run was canceled"))
     restate_after_failed_run(context.instance, brightrun.pipeline(), context.dagster_run)
 
 
@@ -129,14 +148,18 @@ def request_success_sensor(
         brightrun.pipeline().record_success(request_id, context.dagster_run.run_id)
 
 
-def _close_request(run: dg.DagsterRun, brightrun: BrightRunResource, message: str) -> None:
+def _close_request(run: dg.DagsterRun, brightrun: BrightRunResource,
+                   error: ProcessingFailed) -> None:
+    """End the attempt a failed run was working on, unless its steps already did (a broken rule
+    or a bad source is recorded there; what is left here is a crash or a lost connection, so
+    the request is attempted again while attempts last)."""
     request_id = run.tags.get(REQUEST_TAG)
     if not request_id:
         return
-    from brightrun_pipeline.errors import ProcessingFailed
+    from assets.training_files import run_attempt
 
-    brightrun.pipeline().record_failure([request_id], ProcessingFailed(message), run.run_id,
-                                        only_from=("queued", "running"))
+    brightrun.pipeline().record_failure([request_id], error, run.run_id,
+                                        attempt=run_attempt(run))
 
 
 DEFAULT_REMATERIALIZE_CRON = "0 3 * * *"

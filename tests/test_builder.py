@@ -619,10 +619,13 @@ def test_leftovers_of_a_failed_attempt_are_replaced(
     for name in OBJECT_NAMES:
         pipeline.store.put_bytes(pipeline.training_bucket, f"{tid}/v2/{name}", b"half-written")
 
-    built = pipeline.build(plan)
+    # Taking the version's build lease clears what an abandoned attempt left at its keys.
+    staged = pipeline.stage(plan)
 
+    assert staged is not None and staged.passed
     data = pipeline.store.get_bytes(pipeline.training_bucket, f"{tid}/v2/training.json")
-    assert hashlib.sha256(data).hexdigest() == built.json.sha256
+    assert hashlib.sha256(data).hexdigest() == staged.built.json.sha256
+    assert pipeline.publish(staged).version == 2
 
 
 def test_a_stale_build_never_overwrites_a_published_version(
@@ -635,13 +638,16 @@ def test_a_stale_build_never_overwrites_a_published_version(
                  for name in OBJECT_NAMES]
 
     with pytest.raises(StaleVersion):
-        # The database says version 2 exists by the time this build writes its objects.
+        # Written without the version's lease, at keys that already hold version 2.
         build_version(stale.spec, lambda: pipeline.db.iter_members(tid), sources=pipeline.store,
                       source_bucket=pipeline.source_bucket, outputs=pipeline.store,
                       output_bucket=pipeline.training_bucket, concurrency=2,
-                      retry=RetrySettings(attempts=1), is_published=lambda: True)
+                      retry=RetrySettings(attempts=1))
 
     assert [pipeline.store.get_bytes(pipeline.training_bucket, f"{tid}/v2/{name}")
             for name in OBJECT_NAMES] == published
-    with pytest.raises(ProcessingFailed, match="already published"):
-        pipeline.build(stale)
+    # Through the lease, the stale plan finds the file moved on and builds version 3 instead.
+    staged = pipeline.stage(stale)
+    assert staged is not None and staged.plan.spec.version == 3
+    assert [pipeline.store.get_bytes(pipeline.training_bucket, f"{tid}/v2/{name}")
+            for name in OBJECT_NAMES] == published

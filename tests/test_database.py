@@ -23,7 +23,7 @@ from seed import (
     version_objects,
 )
 
-from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.db.repository import BuildClaim, Database
 from brightrun_pipeline.db.schema import batch_items, batch_jobs, conversations
 from brightrun_pipeline.demo_data import DemoConversation
 from brightrun_pipeline.errors import RequestRejected, StaleVersion
@@ -77,7 +77,7 @@ def test_upgrade_is_idempotent(database_url: str,
     assert "conversation_catalog" in inspector.get_view_names()
     with database.engine.connect() as connection:
         versions = connection.execute(sa.text("SELECT version_num FROM brightrun_schema_version"))
-        assert versions.all() == [("0002_wide_sizes",)]
+        assert versions.all() == [("0003_leases",)]
     assert [row.conversation_id for row in database.list_conversations()] == [cid]
 
 
@@ -486,7 +486,7 @@ def member_ids(database: Database, file_id: str) -> list[str]:
     return [m.conversation_id for m in database.iter_members(file_id)]
 
 
-def test_stale_publication_changes_nothing(pipeline: Pipeline) -> None:
+def test_racing_builds_publish_one_after_the_other(pipeline: Pipeline) -> None:
     dataset = demo_dataset()
     seed_dataset(pipeline, dataset)
     rows = eligible(dataset)
@@ -497,32 +497,56 @@ def test_stale_publication_changes_nothing(pipeline: Pipeline) -> None:
     winner_plan = pipeline.start(winner, "run-winner")
     loser_plan = pipeline.start(loser, "run-loser")
     assert winner_plan.spec.version == loser_plan.spec.version == 2
-    # The loser builds first, so the objects at v2/ are the winner's when it publishes.
-    loser_built = pipeline.build(loser_plan)
-    winner_built = pipeline.build(winner_plan)
-    pipeline.publish(winner_plan, winner_built)
 
-    with pytest.raises(StaleVersion):
-        pipeline.publish(loser_plan, loser_built)
+    winner_staged = pipeline.stage(winner_plan)
+    assert winner_staged is not None and winner_staged.passed
+    # While the winner holds version 2, no other build can reserve the file.
+    assert database.acquire_build(tid, 2, owner="someone-else", now=utc_now(),
+                                  ttl=30) is BuildClaim.BUSY
+    pipeline.publish(winner_staged)
 
-    versions = database.list_versions(tid)
-    assert [v.version for v in versions] == [1, 2]
-    assert versions[1].request_ids == [winner]
-    assert member_ids(database, tid) == [c.conversation_id for c in rows[:4]]
-    file = database.get_file(tid)
-    assert file is not None and file.current_version == 2
-    stale = database.get_request(loser)
-    assert stale is not None
-    assert (stale.status, stale.result_version) == ("running", None)
-
-    # The stale request is not lost: run again, it builds on the version that beat it.
-    record = pipeline.run_request(loser, "run-loser-again")
+    # The loser was planned on version 1: it finds the file moved and builds on top of it.
+    loser_staged = pipeline.stage(loser_plan)
+    assert loser_staged is not None and loser_staged.plan.spec.version == 3
+    record = pipeline.publish(loser_staged)
     assert record.version == 3
+    assert [v.request_ids for v in database.list_versions(tid)] == [
+        database.list_versions(tid)[0].request_ids, [winner], [loser]]
     check_version(
         *version_objects(pipeline, record), training_file_id=tid, file_name="Test file",
         description="test file", file_version=3, request_ids=[loser],
         conversations=[oracle_input(c, 1) for c in rows[:2]]
         + [oracle_input(c, 2) for c in rows[2:4]] + [oracle_input(rows[4], 3)])
+
+
+def test_a_build_whose_lease_was_taken_over_cannot_publish(pipeline: Pipeline) -> None:
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    rows = eligible(dataset)
+    database = pipeline.db
+    tid = create_file(pipeline, rows[:2]).training_file_id
+    request = claimed_request(pipeline, rows[2:4], training_file=tid)
+    staged = pipeline.stage(pipeline.start(request, "run-slow"))
+    assert staged is not None
+    json_key = staged.built.json.key
+    assert pipeline.store.stat(pipeline.training_bucket, json_key) is not None
+
+    # The build stops renewing its lease (its process froze); later another build takes the
+    # version over, clearing what the frozen one wrote there.
+    later = utc_now() + timedelta(minutes=10)
+    assert database.acquire_build(
+        tid, 2, owner="taker", now=later, ttl=30,
+        on_acquired=lambda: pipeline.store.delete(pipeline.training_bucket, json_key),
+    ) is BuildClaim.ACQUIRED
+
+    with pytest.raises(StaleVersion):
+        pipeline.publish(staged)
+    file = database.get_file(tid)
+    assert file is not None and file.current_version == 1
+    assert [v.version for v in database.list_versions(tid)] == [1]
+    assert member_ids(database, tid) == [c.conversation_id for c in rows[:2]]
+    stale = database.get_request(request)
+    assert stale is not None and (stale.status, stale.result_version) == ("running", None)
 
 
 def test_publication_is_all_or_nothing(pipeline: Pipeline) -> None:
@@ -532,14 +556,14 @@ def test_publication_is_all_or_nothing(pipeline: Pipeline) -> None:
     database = pipeline.db
     tid = create_file(pipeline, rows[:1]).training_file_id
     request_id = claimed_request(pipeline, rows[1:3], training_file=tid)
-    plan = pipeline.start(request_id, "run-2")
-    built = pipeline.build(plan)
+    staged = pipeline.stage(pipeline.start(request_id, "run-2"))
+    assert staged is not None
     # An operator closes the request while its run is still building.
     assert database.transition_request(request_id, from_statuses=["running"], to="rejected",
                                        now=utc_now(), error={"message": "withdrawn"})
 
     with pytest.raises(StaleVersion):
-        pipeline.publish(plan, built)
+        pipeline.publish(staged)
 
     assert [v.version for v in database.list_versions(tid)] == [1]
     file = database.get_file(tid)
@@ -556,11 +580,12 @@ def test_file_names_are_unique_ignoring_case(pipeline: Pipeline) -> None:
     first = claimed_request(pipeline, rows[:1], new_file_name="Coaching Q4")
     second = claimed_request(pipeline, rows[1:2], new_file_name="  COACHING q4 ")
     first_plan, second_plan = pipeline.start(first, "run-a"), pipeline.start(second, "run-b")
-    first_built, second_built = pipeline.build(first_plan), pipeline.build(second_plan)
-    pipeline.publish(first_plan, first_built)
+    first_staged, second_staged = pipeline.stage(first_plan), pipeline.stage(second_plan)
+    assert first_staged is not None and second_staged is not None
+    pipeline.publish(first_staged)
 
     with pytest.raises(RequestRejected, match="already exists"):
-        pipeline.publish(second_plan, second_built)
+        pipeline.publish(second_staged)
 
     assert [file.name for file, _ in pipeline.db.list_files()] == ["Coaching Q4"]
     assert pipeline.db.get_file(new_file_id(second)) is None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import enum
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from brightrun_pipeline.db.schema import (
     batch_items,
     batch_jobs,
     conversations,
+    run_heartbeats,
     selection_requests,
+    training_file_builds,
     training_file_conversations,
     training_file_versions,
     training_files,
@@ -121,6 +124,14 @@ class NewFile:
     created_at: datetime
 
 
+class BuildClaim(enum.Enum):
+    """What became of an attempt to reserve a file's next version for one build."""
+
+    ACQUIRED = "acquired"
+    BUSY = "busy"  # another live build holds the file
+    MOVED = "moved"  # the file is no longer at the version the build was planned on
+
+
 @dataclass
 class Publication:
     """Everything that changes, in one transaction, when a version is published."""
@@ -133,6 +144,10 @@ class Publication:
     added_members: list[MemberRecord] = field(default_factory=list)
     rebuilt_members: list[MemberRecord] = field(default_factory=list)
     published_at: datetime | None = None
+    # The build lease this publication must still hold (None: no lease, tests of the table only).
+    build_owner: str | None = None
+    # The attempt of the request(s) that built it (None: any attempt).
+    request_attempt: int | None = None
 
 
 def _record(cls: type, row: sa.Row[Any]) -> Any:
@@ -425,16 +440,164 @@ class Database:
                 ).values(status=to, updated_at=now, **values))
             return result.rowcount == 1
 
-    def claim_request(self, request_id: str, target_file_id: str, now: datetime) -> bool:
+    def claim_request(self, request_id: str, target_file_id: str, now: datetime,
+                      claimed_by: str = "sensor") -> bool:
         """pending → queued, exactly once: only the caller whose update matched the row wins."""
         with self.engine.begin() as connection:
             result = connection.execute(
                 sa.update(selection_requests).where(
                     selection_requests.c.id == request_id,
                     selection_requests.c.status == "pending",
-                ).values(status="queued", target_file_id=target_file_id, error=None,
-                         attempts=selection_requests.c.attempts + 1, updated_at=now))
+                ).values(status="queued", target_file_id=target_file_id,
+                         attempts=selection_requests.c.attempts + 1, updated_at=now,
+                         claimed_by=claimed_by, heartbeat_at=now))
             return result.rowcount == 1
+
+    def fail_attempt(
+        self, request_id: str, *, attempt: int | None, status: str, error: dict[str, Any],
+        now: datetime, retry_below: int = 0, dagster_run_id: str | None = None,
+    ) -> str | None:
+        """End the current attempt of a claimed request: back to `pending` when the failure is
+        transient and fewer than `retry_below` attempts were made, else `status`.
+
+        Only a request still `queued` or `running` under `attempt` (any attempt if None) changes:
+        a late report about an attempt that already ended or was superseded changes nothing.
+        Returns the status written, or None when nothing changed.
+        """
+        table = selection_requests
+        conditions = [table.c.id == request_id, table.c.status.in_(["queued", "running"])]
+        if attempt is not None:
+            conditions.append(table.c.attempts == attempt)
+        new_status = sa.case((table.c.attempts < retry_below, "pending"), else_=status)
+        values: dict[str, Any] = {"status": new_status, "error": error, "updated_at": now,
+                                  "claimed_by": None, "heartbeat_at": None}
+        if dagster_run_id is not None:
+            values["dagster_run_id"] = dagster_run_id
+        with self.engine.begin() as connection:
+            result = connection.execute(sa.update(table).where(*conditions).values(**values))
+            if result.rowcount != 1:
+                return None
+            return connection.execute(sa.select(table.c.status).where(
+                table.c.id == request_id)).scalar_one()
+
+    def requests_in_flight(self, limit: int = 500) -> list[SelectionRequest]:
+        """Claimed requests that have not ended (`queued` or `running`), oldest claim first."""
+        query = sa.select(selection_requests).where(
+            selection_requests.c.status.in_(["queued", "running"])
+        ).order_by(selection_requests.c.updated_at, selection_requests.c.id).limit(limit)
+        with self.engine.connect() as connection:
+            return [_request(row) for row in connection.execute(query)]
+
+    def hand_over_request(self, request_id: str, *, from_holder: str | None, to: str,
+                          now: datetime) -> bool:
+        """Give a queued request's claim to another holder (a dead `--wait` to the sensor)."""
+        holder = selection_requests.c.claimed_by
+        with self.engine.begin() as connection:
+            result = connection.execute(sa.update(selection_requests).where(
+                selection_requests.c.id == request_id,
+                selection_requests.c.status == "queued",
+                holder.is_(None) if from_holder is None else holder == from_holder,
+            ).values(claimed_by=to, heartbeat_at=now, updated_at=now))
+            return result.rowcount == 1
+
+    # --- Liveness ------------------------------------------------------------------------------
+
+    def beat(self, *, now: datetime, run_id: str | None = None,
+             training_file_id: str | None = None, request_id: str | None = None) -> None:
+        """Record that a run (and the request it works on) is alive."""
+        with self.engine.begin() as connection:
+            if request_id is not None:
+                connection.execute(sa.update(selection_requests).where(
+                    selection_requests.c.id == request_id,
+                    selection_requests.c.status.in_(["queued", "running"]),
+                ).values(heartbeat_at=now))
+            if run_id is None:
+                return
+            updated = connection.execute(sa.update(run_heartbeats).where(
+                run_heartbeats.c.run_id == run_id).values(beat_at=now))
+            if updated.rowcount == 0:
+                connection.execute(sa.insert(run_heartbeats).values(
+                    run_id=run_id, training_file_id=training_file_id, request_id=request_id,
+                    beat_at=now))
+
+    def end_beats(self, run_id: str) -> None:
+        """Forget a run's heartbeat once it is over."""
+        with self.engine.begin() as connection:
+            connection.execute(sa.delete(run_heartbeats).where(run_heartbeats.c.run_id == run_id))
+
+    def forget_silent_beats(self, before: datetime) -> int:
+        """Forget the heartbeats of runs silent since before `before` (their processes died)."""
+        with self.engine.begin() as connection:
+            return connection.execute(sa.delete(run_heartbeats).where(
+                run_heartbeats.c.beat_at < before)).rowcount
+
+    def last_beats(self, run_ids: Iterable[str]) -> dict[str, datetime]:
+        """When each of these runs last beat (runs that never did are absent)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self.engine.connect() as connection:
+            return {row.run_id: row.beat_at for row in connection.execute(
+                sa.select(run_heartbeats.c.run_id, run_heartbeats.c.beat_at).where(
+                    run_heartbeats.c.run_id.in_(ids)))}
+
+    # --- Build leases --------------------------------------------------------------------------
+
+    def acquire_build(
+        self, file_id: str, version: int, *, owner: str, now: datetime, ttl: float,
+        dagster_run_id: str | None = None, on_acquired: Callable[[], None] = lambda: None,
+    ) -> BuildClaim:
+        """Reserve `version` of a file for one build, if the file stands at `version - 1` and no
+        other live build holds it. A lease whose holder stopped renewing it is taken over.
+
+        `on_acquired` runs inside the reserving transaction, while no other build can take the
+        lease or publish: the place to clear what an abandoned build left at the version's keys.
+        """
+        builds = training_file_builds
+        expires = now + timedelta(seconds=ttl)
+        values = {"version": version, "owner": owner, "dagster_run_id": dagster_run_id,
+                  "acquired_at": now, "expires_at": expires}
+        try:
+            with self.engine.begin() as connection:
+                # Writes first: on SQLite the transaction takes the write lock before it reads,
+                # and on PostgreSQL the row stays locked until commit.
+                taken = connection.execute(sa.update(builds).where(
+                    builds.c.training_file_id == file_id, builds.c.expires_at < now,
+                ).values(**values)).rowcount == 1
+                if not taken:
+                    try:
+                        with connection.begin_nested():
+                            connection.execute(sa.insert(builds).values(
+                                training_file_id=file_id, **values))
+                    except IntegrityError:
+                        return BuildClaim.BUSY
+                current = connection.execute(sa.select(training_files.c.current_version).where(
+                    training_files.c.id == file_id)).scalar()
+                if (current or 0) != version - 1:
+                    raise _Moved
+                on_acquired()
+                return BuildClaim.ACQUIRED
+        except _Moved:
+            return BuildClaim.MOVED
+
+    def renew_build(self, file_id: str, *, owner: str, now: datetime, ttl: float) -> bool:
+        """Extend a build lease; False when this owner no longer holds it."""
+        builds = training_file_builds
+        with self.engine.begin() as connection:
+            return connection.execute(sa.update(builds).where(
+                builds.c.training_file_id == file_id, builds.c.owner == owner,
+            ).values(expires_at=now + timedelta(seconds=ttl))).rowcount == 1
+
+    def release_build(self, file_id: str, *, owner: str,
+                      on_release: Callable[[], None] = lambda: None) -> bool:
+        """Give a build lease up (after a failed build); `on_release` runs while it is held."""
+        builds = training_file_builds
+        with self.engine.begin() as connection:
+            held = connection.execute(sa.delete(builds).where(
+                builds.c.training_file_id == file_id, builds.c.owner == owner)).rowcount == 1
+            if held:
+                on_release()
+            return held
 
     def request_attempts(self, request_id: str) -> int:
         """How many times a request has been claimed (part of its run key)."""
@@ -476,6 +639,17 @@ class Database:
         version = publication.version
         now = publication.published_at or version.created_at
         with self.engine.begin() as connection:
+            if publication.build_owner is not None:
+                builds = training_file_builds
+                held = connection.execute(sa.delete(builds).where(
+                    builds.c.training_file_id == version.training_file_id,
+                    builds.c.owner == publication.build_owner,
+                    builds.c.version == version.version,
+                )).rowcount == 1
+                if not held:
+                    raise StaleVersion(
+                        f"version {version.version} of training file {version.training_file_id} "
+                        "was taken over by another build while this one was building it")
             if publication.new_file is not None:
                 self._insert_file(connection, publication, now)
             else:
@@ -491,11 +665,16 @@ class Database:
                     training_file_conversations.c.conversation_id == member.conversation_id,
                 ).values(**_member_values(member)))
             for request_id in request_ids:
+                conditions = [selection_requests.c.id == request_id,
+                              selection_requests.c.status.in_(["queued", "running"])]
+                if publication.request_attempt is not None:
+                    conditions.append(
+                        selection_requests.c.attempts == publication.request_attempt)
                 updated = connection.execute(sa.update(selection_requests).where(
-                    selection_requests.c.id == request_id,
-                    selection_requests.c.status.in_(["queued", "running", "failed"]),
+                    *conditions,
                 ).values(status="succeeded", result_version=version.version, error=None,
-                         dagster_run_id=version.dagster_run_id, updated_at=now))
+                         dagster_run_id=version.dagster_run_id, updated_at=now,
+                         claimed_by=None, heartbeat_at=None))
                 if updated.rowcount != 1:
                     raise StaleVersion(
                         f"request {request_id} is no longer waiting to be published")
@@ -537,6 +716,10 @@ class Database:
             raise StaleVersion(
                 f"training file {version.training_file_id} moved past version {expected} "
                 f"while version {version.version} was being built")
+
+
+class _Moved(Exception):
+    """Rolls a lease back: the file moved past the version it was asked for."""
 
 
 def _member_values(member: MemberRecord) -> dict[str, Any]:

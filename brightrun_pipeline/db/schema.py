@@ -171,12 +171,40 @@ selection_requests = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("created_at", Timestamp, server_default=utc_now()),
     Column("updated_at", Timestamp, server_default=utc_now()),
+    # Who holds a claimed request: "sensor" (the daemon launches its run) or "cli" (a
+    # `--wait` process runs it itself), and when its holder last showed it was alive.
+    Column("claimed_by", Text),
+    Column("heartbeat_at", Timestamp),
     Index("ix_selection_requests_status_created", "status", "created_at"),
     Index("ix_selection_requests_target", "target_file_id"),
 )
 
+# The one build allowed to write a file's next version: it owns that version's object keys until
+# it publishes (the row goes in the publication transaction) or its lease expires.
+training_file_builds = Table(
+    "training_file_builds",
+    metadata,
+    Column("training_file_id", UUIDText, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("dagster_run_id", Text),
+    Column("acquired_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+)
+
+# Liveness of the runs that build training files, beaten while a run executes: a run whose
+# beats stop is abandoned (its process died) and is failed so that nothing waits on it.
+run_heartbeats = Table(
+    "run_heartbeats",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("training_file_id", UUIDText),
+    Column("request_id", Text),
+    Column("beat_at", Timestamp, nullable=False),
+)
+
 OWNED_TABLES = (training_files, training_file_versions, training_file_conversations,
-                selection_requests)
+                selection_requests, training_file_builds, run_heartbeats)
 
 CATALOG_VIEW = "conversation_catalog"
 

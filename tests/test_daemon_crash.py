@@ -1,0 +1,126 @@
+"""The daemon path under crashes: run workers launched by the real daemon are killed with SIGKILL
+at random moments while requests for one file run. Every request still ends published, once,
+with no human action, and no run or training file is left blocked."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from audit import audit_file
+from seed import create_file, seed_dataset
+from test_daemon import FINAL, REPO, run_daemon
+
+from assets.partitions import REQUEST_TAG
+from brightrun_pipeline.demo_data import generate_demo_dataset
+from brightrun_pipeline.service import Pipeline
+
+REQUESTS = 6
+MAX_KILLS = 4
+DEADLINE_SECONDS = 300
+LIVENESS = {"BRIGHTRUN_HEARTBEAT_SECONDS": "0.5", "BRIGHTRUN_STALE_AFTER_SECONDS": "4"}
+
+
+@pytest.fixture
+def quick_daemon(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[Pipeline, Path]]:
+    """The daemon on the embedded default, with heartbeats short enough for a test."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    for pipeline in run_daemon(tmp_path, home, sqlite_url, LIVENESS):
+        yield pipeline, home
+
+
+def run_workers(home: Path) -> list[tuple[int, str]]:
+    """(pid, run id) of the run workers of this test's instance.
+
+    Each worker streams its compute logs through `tail` processes watched by Dagster's
+    `watch_orphans.py WORKER_PID TAIL_PID`; the tailed file's path names the instance and the
+    run.
+    """
+    logs = re.compile(re.escape(str(home)).encode() + rb"/storage/([0-9a-f-]{36})/compute_logs")
+    workers = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not any(arg.endswith(b"watch_orphans.py") for arg in args):
+            continue
+        worker_pid, tail_pid = (int(arg) for arg in [a for a in args if a.isdigit()][-2:])
+        try:
+            tailed = (Path("/proc") / str(tail_pid) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        match = logs.search(tailed)
+        if match:
+            workers[worker_pid] = match.group(1).decode()
+    return sorted(workers.items())
+
+
+def test_killed_run_workers_are_recovered(quick_daemon: tuple[Pipeline, Path],
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline, home = quick_daemon
+    dataset = generate_demo_dataset(23, batches=1, conversations_per_batch=2 + REQUESTS,
+                                    unbatched=0, ineligible_per_batch=0)
+    seed_dataset(pipeline, dataset)
+    rows = dataset.conversations
+    file_id = create_file(pipeline, rows[:2], name="Under fire").training_file_id
+    ids = [f"kill-{i}" for i in range(REQUESTS)]
+    for request_id, conversation in zip(ids, rows[2:], strict=True):
+        with pipeline.db.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO selection_requests (id, training_file_id, conversation_ids) "
+                "VALUES (?, ?, ?)", (request_id, file_id, f'["{conversation.conversation_id}"]'))
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    rng = random.Random(3)
+    killed: dict[str, str] = {}
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    with dg.DagsterInstance.get() as instance:
+        while time.monotonic() < deadline:
+            statuses = [pipeline.db.get_request(i) for i in ids]
+            if all(r is not None and r.status in FINAL for r in statuses):
+                break
+            time.sleep(rng.uniform(0.3, 2.0))  # a random moment of whatever runs now
+            if len(killed) >= MAX_KILLS:
+                continue
+            for pid, run_id in run_workers(home):
+                run = instance.get_run_by_id(run_id)
+                request_id = run.tags.get(REQUEST_TAG) if run else None
+                if request_id and request_id not in killed:
+                    os.kill(pid, signal.SIGKILL)
+                    killed[request_id] = run_id
+                    break
+        else:
+            pytest.fail("requests still open after the deadline:\n"
+                        + (tmp_path / "daemon.log").read_text(errors="replace")[-4000:])
+        stuck = instance.get_runs(filters=dg.RunsFilter(statuses=[
+            dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]))
+        killed_runs = [instance.get_run_by_id(run_id) for run_id in killed.values()]
+
+    results = [pipeline.db.get_request(i) for i in ids]
+    assert [r.status for r in results] == ["succeeded"] * REQUESTS, results  # type: ignore[union-attr]
+    assert sorted(r.result_version for r in results) == list(range(2, 2 + REQUESTS))  # type: ignore[union-attr]
+    assert len(killed) >= 2, "the test killed too few workers to show anything"
+    assert all(run is not None and run.status == dg.DagsterRunStatus.FAILURE
+               for run in killed_runs)
+    # A worker killed after its publication leaves a published request on its first attempt;
+    # the others were attempted again.
+    retried = [r for r in results if r.attempts >= 2]  # type: ignore[union-attr]
+    assert retried and {r.id for r in retried} <= set(killed)  # type: ignore[union-attr]
+    assert not stuck, stuck
+    report = audit_file(pipeline, file_id)
+    assert report.versions == 1 + REQUESTS
+    print(f"daemon trials: {REQUESTS} requests, {len(killed)} run workers killed")
