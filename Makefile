@@ -26,10 +26,11 @@ demo: $(STAMP) $(CHROMIUM)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
 
-## The crash suite at length: 200 random SIGKILLs of builds and 25 rounds of four killed
-## `--wait` CLIs per backend (about 25 minutes; docs/reliability.md).
+## The crash suite at length, per backend: 200 random SIGKILLs of builds, 25 rounds of four
+## killed `--wait` CLIs, 28 daemon runs with 21 workers killed (about 40 minutes;
+## docs/reliability.md).
 soak: $(STAMP)
-	BRIGHTRUN_SOAK_RANDOM_KILLS=200 BRIGHTRUN_SOAK_CLI_ROUNDS=25 \
+	BRIGHTRUN_SOAK_RANDOM_KILLS=200 BRIGHTRUN_SOAK_CLI_ROUNDS=25 BRIGHTRUN_SOAK_DAEMON_REQUESTS=28 \
 		$(BIN)/pytest -q -s tests/test_crash.py tests/test_daemon_crash.py tests/test_concurrency.py
 
 ## Dagster UI + daemon (sensor and schedule running) on http://127.0.0.1:3000; Ctrl-C stops it.
