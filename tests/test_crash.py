@@ -107,6 +107,9 @@ def test_killed_builds_recover_and_publish_exactly_once(
 
 CLI_ROUNDS = int(os.environ.get("BRIGHTRUN_SOAK_CLI_ROUNDS", "2"))
 CLIS_PER_ROUND = 4
+# Longer than the drivers': a run must have started beating before it counts as dead, and a
+# CLI's run starts within a few seconds even with four of them starting on two cores.
+CLI_LIFECYCLE = LifecycleSettings(heartbeat_seconds=0.3, stale_after_seconds=5.0)
 
 
 def test_killed_wait_clis_leave_nothing_stuck(
@@ -131,15 +134,15 @@ def test_killed_wait_clis_leave_nothing_stuck(
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BRIGHTRUN_")},
            "BRIGHTRUN_DATABASE_URL": database_url,
            "BRIGHTRUN_STORAGE_ROOT": str(tmp_path / "storage"), "DAGSTER_HOME": str(home),
-           "BRIGHTRUN_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
-           "BRIGHTRUN_STALE_AFTER_SECONDS": str(STALE_AFTER_SECONDS)}
+           "BRIGHTRUN_HEARTBEAT_SECONDS": str(CLI_LIFECYCLE.heartbeat_seconds),
+           "BRIGHTRUN_STALE_AFTER_SECONDS": str(CLI_LIFECYCLE.stale_after_seconds)}
     brightrun = Path(sys.executable).parent / "brightrun"
     subprocess.run([str(brightrun), "init"], env=env, cwd=tmp_path, check=True,
                    capture_output=True)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     defs = build_definitions(Settings(
         database_url=database_url, storage_root=tmp_path / "storage", dagster_home=home,
-        lifecycle=pipeline.lifecycle))
+        lifecycle=CLI_LIFECYCLE))
     rng = random.Random(5)
     killed = submitted = 0
     with dg.DagsterInstance.get() as instance:

@@ -36,7 +36,9 @@ from brightrun_pipeline.service import Pipeline
 REQUESTS = int(os.environ.get("BRIGHTRUN_SOAK_DAEMON_REQUESTS", "4"))
 MAX_KILLS = max(2, REQUESTS * 3 // 4)
 DEADLINE_SECONDS = 120 + 30 * REQUESTS
-LIVENESS = {"BRIGHTRUN_HEARTBEAT_SECONDS": "0.5", "BRIGHTRUN_STALE_AFTER_SECONDS": "4"}
+# Dead runs are found after 10 s: above the slowest launch-to-first-event time of a run worker
+# seen here under load (about 6 s), so that no live run is taken for dead.
+LIVENESS = {"BRIGHTRUN_HEARTBEAT_SECONDS": "0.5", "BRIGHTRUN_STALE_AFTER_SECONDS": "10"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
