@@ -18,6 +18,9 @@ from brightrun_pipeline.service import SENSOR_HOLDER, Pipeline, utc_now
 from jobs import TRAINING_FILE_JOB
 
 # NOT_STARTED: created by an in-process execution whose process died before starting it.
+# As the instances' run_monitoring.start_timeout_seconds: how long a launched run may take to
+# start its worker.
+START_GRACE_SECONDS = 90.0
 ACTIVE_STATUSES = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                    dg.DagsterRunStatus.STARTED]
 
@@ -46,9 +49,13 @@ def recover(instance: dg.DagsterInstance, pipeline: Pipeline,
     beats = pipeline.db.last_beats(record.dagster_run.run_id for record in records)
     for record in records:
         run = record.dagster_run
-        last = beats.get(run.run_id) or _last_event(instance, record)
+        beat = beats.get(run.run_id)
+        last = beat or _last_event(instance, record)
         silent = (now - last).total_seconds()
-        if silent > stale_after:
+        # A worker that is still starting (a container pulling its image, a busy machine) has
+        # not beaten yet: it gets the longer start grace before it is taken for dead.
+        starting = beat is None and run.status == dg.DagsterRunStatus.STARTING
+        if silent > (max(START_GRACE_SECONDS, stale_after) if starting else stale_after):
             instance.report_run_failed(
                 run, f"the run's process stopped (no heartbeat for {silent:.0f} s): it died, "
                      "was killed or lost its database")

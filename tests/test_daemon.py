@@ -87,6 +87,10 @@ def run_daemon(tmp_path: Path, home: Path, database_url: str,
     store = LocalObjectStore(tmp_path / "storage")
     store.ensure_bucket("conversation-files")
     store.ensure_bucket("training-files")
+    # The instance's storage is created once, before the daemon and its code server start
+    # together (they would race to create it).
+    subprocess.run([str(Path(sys.executable).parent / "dagster"), "instance", "migrate"],
+                   cwd=REPO, env=env, check=True, capture_output=True)
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
