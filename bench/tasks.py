@@ -3,6 +3,13 @@
 `python -m bench.tasks TASK DATA_DIR [ARGS]` — the parent (bench/run.py) times the process and
 reads its peak RSS from the OS. The baselines and floors are in bench/baselines.py, which loads
 nothing but the standard library and orjson.
+
+The `_pg` tasks do the same builds through the database named by BENCH_DATABASE_URL (seeded by
+the harness): the conversations' catalog rows are read from it, the file's previous version and
+membership are streamed from it, and each version is published to it (version row and one
+membership row per conversation, in one transaction) under the file's build lease. They are
+planned as a rematerialization or `files verify` plans a large build: no request row (a request
+holds at most 80 conversations) and, like the rows without a database, no blocking checks.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -29,10 +37,15 @@ from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.members import MemberRecord
 from brightrun_pipeline.storage import LocalObjectStore
 
+if TYPE_CHECKING:
+    from brightrun_pipeline.service import Pipeline, StagedVersion, VersionPlan
+
 FILE_ID = "5b0c7f5e-1d1e-4c44-9a4e-6f3f1f6a2b10"
 PUBLISHED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 # Concurrency of source fetches in the benchmark; overridable via BENCH_CONCURRENCY.
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
+# Where the `_pg` tasks write their versions (the tasks without a database use training-files).
+PG_BUCKET = "training-files-pg"
 
 
 class CountingStore(LocalObjectStore):
@@ -108,6 +121,80 @@ def add_80(data: Path, n: int) -> None:
     print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": result.json.size}))
 
 
+def _pipeline(data: Path) -> Pipeline:
+    """The service on the harness's database and the data set's store, counting source reads."""
+    # Loaded here, not at the top: the tasks without a database do not pay for SQLAlchemy.
+    from brightrun_pipeline.db.repository import Database
+    from brightrun_pipeline.service import Pipeline
+
+    store = CountingStore(data / "storage")
+    store.ensure_bucket(PG_BUCKET)
+    return Pipeline(Database(os.environ["BENCH_DATABASE_URL"]), store,
+                    training_bucket=PG_BUCKET, fetch_concurrency=CONCURRENCY)
+
+
+def _additions(pipeline: Pipeline, data: Path, first: int,
+               count: int) -> list[IncomingConversation]:
+    """Conversations first..first+count of the data set, as the database's catalog has them."""
+    with open(data / "rows.jsonl", "rb") as lines:
+        ids = [orjson.loads(line)["conversation_id"]
+               for line in itertools.islice(lines, first, first + count)]
+    from brightrun_pipeline.service import incoming
+
+    rows = pipeline.db.conversations_by_id(ids)
+    return [incoming(rows.pop(cid)) for cid in ids]
+
+
+def _build_and_publish(pipeline: Pipeline, plan: VersionPlan) -> StagedVersion:
+    """Take the file's build lease, write the planned version and publish it."""
+    from brightrun_pipeline.db.repository import BuildClaim
+    from brightrun_pipeline.service import StagedVersion, utc_now
+
+    spec = plan.spec
+    owner = f"bench-{os.getpid()}"
+    claim = pipeline.db.acquire_build(spec.training_file_id, spec.version, owner=owner,
+                                      now=utc_now(), ttl=pipeline.lifecycle.stale_after_seconds)
+    assert claim is BuildClaim.ACQUIRED, claim
+    staged = StagedVersion(plan, pipeline.build(plan), {}, owner)
+    pipeline.publish(staged)
+    return staged
+
+
+def build_new_pg(data: Path, n: int) -> None:
+    """build_new, with the conversations read from and version 1 published to PostgreSQL."""
+    from brightrun_pipeline.db.repository import NewFile
+    from brightrun_pipeline.service import VersionPlan
+
+    pipeline = _pipeline(data)
+    spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 1, PUBLISHED, "request", None, [], None,
+                     None, None, _additions(pipeline, data, 0, n))
+    plan = VersionPlan(spec, expected_current_version=None,
+                       new_file=NewFile(FILE_ID, "Bench", None, None, PUBLISHED))
+    built = _build_and_publish(pipeline, plan).built
+    print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": built.json.size,
+                      "jsonl_bytes": built.jsonl.size}))
+
+
+def add_80_pg(data: Path, n: int) -> None:
+    """add_80 on the file build_new_pg published: previous version and membership streamed from
+    PostgreSQL, version 2 published to it."""
+    from brightrun_pipeline.service import VersionPlan
+
+    pipeline = _pipeline(data)
+    db = pipeline.db
+    file, current = db.get_file(FILE_ID), db.get_version(FILE_ID)
+    assert file is not None and current is not None and current.version == 1
+    previous = PreviousVersion(current.version, current.json_key, current.json_sha256,
+                               current.json_size, current.jsonl_key, current.jsonl_sha256,
+                               current.jsonl_size, current.json_body_start, current.json_body_end)
+    spec = BuildSpec(FILE_ID, file.name, file.description, file.created_at, 2, PUBLISHED,
+                     "request", None, [], file.vertical, file.consultant_profile, previous,
+                     _additions(pipeline, data, n, 80))
+    built = _build_and_publish(pipeline, VersionPlan(spec, expected_current_version=1,
+                                                     new_file=None)).built
+    print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": built.json.size}))
+
+
 def s3_fetch_80(data: Path, endpoint: str) -> None:
     """80 source fetches from S3 (moto), BENCH_S3_LATENCY_MS (20) added to every request."""
     from brightrun_pipeline.s3_store import S3ObjectStore
@@ -134,7 +221,8 @@ def s3_fetch_80(data: Path, endpoint: str) -> None:
     print(json.dumps({"fetch_seconds": elapsed, "digest": digest[:12]}))
 
 
-TASKS = {"build_new": build_new, "add_80": add_80}
+TASKS = {"build_new": build_new, "add_80": add_80, "build_new_pg": build_new_pg,
+         "add_80_pg": add_80_pg}
 
 if __name__ == "__main__":
     task, directory, argument = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
