@@ -27,7 +27,7 @@ test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
 
 ## The crash suite at length, per backend: 200 random SIGKILLs of builds, 25 rounds of four
-## killed `--wait` CLIs, 28 daemon runs with 21 workers killed (about 40 minutes;
+## killed `--wait` CLIs, 28 daemon runs with 21 workers killed (estimated at 40 minutes;
 ## docs/reliability.md).
 soak: $(STAMP)
 	BRIGHTRUN_SOAK_RANDOM_KILLS=200 BRIGHTRUN_SOAK_CLI_ROUNDS=25 BRIGHTRUN_SOAK_DAEMON_REQUESTS=28 \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import fcntl
 import hashlib
 import io
 import math
@@ -20,7 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -680,10 +681,13 @@ def build_version(
     tid = spec.training_file_id
     keys = {name: object_key(tid, spec.version, name)
             for name in ("training.json", "training.jsonl", "manifest.json")}
-    work = outputs.scratch_dir(output_bucket) / f"build-{uuid.uuid4().hex}"
+    scratch = outputs.scratch_dir(output_bucket)
+    sweep_dead_builds(scratch)
+    work = scratch / f"build-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
     try:
         with ExitStack() as stack:
+            stack.enter_context(_held(work / ".alive"))
             built = _build(spec, members, keys, work, stack, sources=sources,
                            source_bucket=source_bucket, outputs=outputs,
                            output_bucket=output_bucket, concurrency=concurrency, retry=retry)
@@ -697,6 +701,43 @@ def build_version(
         return built
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` while building: the kernel releases it when the process
+    dies, however it dies, which is how a sweep tells a dead build's work directory."""
+    # Locked under another name first: a sweep must never find the file unlocked.
+    pending = path.with_name(path.name + ".new")
+    fd = os.open(pending, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(pending, path)
+        yield
+    finally:
+        os.close(fd)
+
+
+def sweep_dead_builds(scratch: Path) -> int:
+    """Remove the work directories of builds whose process died (SIGKILL leaves them behind);
+    a live build holds its directory's lock. Returns how many were removed."""
+    removed = 0
+    for work in scratch.glob("build-*"):
+        try:
+            fd = os.open(work / ".alive", os.O_WRONLY)
+        except FileNotFoundError:
+            continue  # just created, its lock not taken yet: a live build
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(fd)
+        shutil.rmtree(work, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def _build(

@@ -97,6 +97,8 @@ def test_killed_builds_recover_and_publish_exactly_once(
     report = audit_file(pipeline, file_id)
     assert (report.versions, report.conversations) == (1 + len(plan), 2 + 3 * len(plan))
     assert no_run_heartbeats_left(pipeline)
+    # The work directories the killed builds left were swept by the builds after them.
+    assert not list(pipeline.store.scratch_dir(pipeline.training_bucket).glob("build-*"))
     killed = sum(count for outcome, count in outcomes.items() if outcome.endswith("killed"))
     # Every planned point is reached by a build; only random delays may come after the end.
     assert killed >= len(PLANNED), outcomes

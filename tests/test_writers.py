@@ -107,3 +107,25 @@ def test_spool_segments_read_back_by_offset_and_drain_in_order(
     assert (tmp_path / "out").read_bytes() == joined
     assert digest == hashlib.sha256(joined).hexdigest()
     assert list(tmp_path.glob("test-*")) == []
+
+
+def test_a_sweep_removes_only_the_work_of_dead_builds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from brightrun_pipeline.builder import _held, sweep_dead_builds
+
+    dead, live = tmp_path / "build-dead", tmp_path / "build-live"
+    dead.mkdir()
+    live.mkdir()
+    (dead / "training.json").write_bytes(b"half")
+    # A build whose process was killed holding its lock: the kernel released it.
+    subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys; from pathlib import Path; "
+        "from brightrun_pipeline.builder import _held; "
+        f"ctx = _held(Path({str(dead / '.alive')!r})); ctx.__enter__(); "
+        "os.kill(os.getpid(), signal.SIGKILL)")], check=False)
+    with _held(live / ".alive"):
+        assert sweep_dead_builds(tmp_path) == 1
+        assert not dead.exists() and live.exists()
+    assert sweep_dead_builds(tmp_path) == 1  # once its build ended, its lock is free too
