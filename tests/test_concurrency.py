@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from audit import audit_file, no_run_heartbeats_left, statuses
@@ -25,6 +26,7 @@ from brightrun_pipeline.storage import LocalObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
 BRIGHTRUN = Path(sys.executable).parent / "brightrun"
+T = TypeVar("T")
 
 
 def separate_pipeline(database_url: str, root: Path) -> Pipeline:
@@ -32,6 +34,24 @@ def separate_pipeline(database_url: str, root: Path) -> Pipeline:
     return Pipeline(Database(database_url), LocalObjectStore(root), fetch_concurrency=4,
                     retry=RetrySettings(attempts=3, base_delay=0.0, max_delay=0.0),
                     lifecycle=LifecycleSettings(heartbeat_seconds=0.5, stale_after_seconds=5))
+
+
+def run_at_once(database_url: str, root: Path, request_ids: list[str],
+                add: Callable[[Pipeline, str], T]) -> list[T]:
+    """`add` for every request, each on a pipeline of its own, all released at the same moment."""
+    workers = [separate_pipeline(database_url, root) for _ in request_ids]
+    start = threading.Barrier(len(request_ids))
+
+    def released(worker: Pipeline, request_id: str) -> T:
+        start.wait()
+        return add(worker, request_id)
+
+    try:
+        with ThreadPoolExecutor(len(request_ids)) as pool:
+            return list(pool.map(released, workers, request_ids))
+    finally:
+        for worker in workers:
+            worker.db.dispose()
 
 
 def test_concurrent_adds_to_one_file_land_as_consecutive_versions(
@@ -44,19 +64,11 @@ def test_concurrent_adds_to_one_file_land_as_consecutive_versions(
     file_id = create_file(pipeline, rows[:2]).training_file_id
     groups = [rows[2 + 3 * i: 5 + 3 * i] for i in range(8)]
     requests = [claimed_request(pipeline, group, training_file=file_id) for group in groups]
-    workers = [separate_pipeline(database_url, tmp_path / "storage") for _ in requests]
-    start = threading.Barrier(len(requests))
 
     def add(worker: Pipeline, request_id: str) -> int:
-        start.wait()
         return worker.run_request(request_id, f"run-{request_id[:8]}").version
 
-    try:
-        with ThreadPoolExecutor(len(requests)) as pool:
-            versions = list(pool.map(add, workers, requests))
-    finally:
-        for worker in workers:
-            worker.db.dispose()
+    versions = run_at_once(database_url, tmp_path / "storage", requests, add)
 
     assert sorted(versions) == list(range(2, 2 + len(requests)))
     assert set(statuses(pipeline, requests).values()) == {"succeeded"}
@@ -76,11 +88,8 @@ def test_the_same_conversation_added_twice_at_once_lands_once(
     shared = rows[1]
     requests = [claimed_request(pipeline, [shared, rows[2 + i]], training_file=file_id)
                 for i in range(4)]
-    workers = [separate_pipeline(database_url, tmp_path / "storage") for _ in requests]
-    start = threading.Barrier(len(requests))
 
     def add(worker: Pipeline, request_id: str) -> str:
-        start.wait()
         try:
             worker.run_request(request_id, f"run-{request_id[:8]}")
         except RequestRejected as rejection:
@@ -89,12 +98,7 @@ def test_the_same_conversation_added_twice_at_once_lands_once(
             return "rejected"
         return "succeeded"
 
-    try:
-        with ThreadPoolExecutor(len(requests)) as pool:
-            outcomes = list(pool.map(add, workers, requests))
-    finally:
-        for worker in workers:
-            worker.db.dispose()
+    outcomes = run_at_once(database_url, tmp_path / "storage", requests, add)
 
     assert sorted(outcomes) == ["rejected"] * 3 + ["succeeded"]
     assert sorted(statuses(pipeline, requests).values()) == ["rejected"] * 3 + ["succeeded"]
