@@ -47,8 +47,9 @@ from jobs import TRAINING_FILE_JOB
 from resources import PooledS3Resource
 
 MIB = 1024 * 1024
-# Far longer than any answer of the moto server takes, short enough that a held request is cheap.
-READ_TIMEOUT = 0.5
+# Far longer than any answer of the moto server takes, even on a loaded 2-core CI machine (0.5 s
+# was not: a slow GET counted as a fault), short enough that a held request is cheap.
+READ_TIMEOUT = 1.2
 ATTEMPTS = RetrySettings().attempts
 TRANSIENT = ("500", "503", "slowdown", "reset", "cut", "timeout")
 # What a request may fail with without holding the client until its read timeout.
