@@ -9,7 +9,7 @@ from assets.catalog import enriched_conversations
 from assets.partitions import ATTEMPT_TAG, REQUEST_TAG, training_files_partitions
 from brightrun_pipeline.db.repository import VersionRecord
 from brightrun_pipeline.errors import BrightRunError
-from brightrun_pipeline.lineage import version_lineage_rows
+from brightrun_pipeline.queries import version_lineage
 from brightrun_pipeline.service import Pipeline, StagedVersion, VersionPlan
 from resources import BrightRunResource
 
@@ -183,7 +183,7 @@ LINEAGE_TABLE_ROWS = 500
 
 def lineage_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.MetadataValue]:
     """What a version's materialization shows in the UI: counts, hashes, keys, conversations."""
-    rows = version_lineage_rows(pipeline, record.training_file_id, record.version)
+    rows = version_lineage(pipeline, record.training_file_id, record.version)
     return {
         "version": dg.MetadataValue.int(record.version),
         "reason": dg.MetadataValue.text(record.reason),
@@ -199,7 +199,7 @@ def lineage_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.
         "jsonl_key": dg.MetadataValue.path(record.jsonl_key),
         "manifest_key": dg.MetadataValue.path(record.manifest_key),
         "conversation_lineage": dg.MetadataValue.table(
-            records=[dg.TableRecord(row) for row in rows[:LINEAGE_TABLE_ROWS]],
+            records=[dg.TableRecord(row.model_dump()) for row in rows[:LINEAGE_TABLE_ROWS]],
             schema=dg.TableSchema(columns=[
                 dg.TableColumn(name) for name in (
                     "conversation_id", "batch_id", "persona", "arc", "topic", "quality",

@@ -21,47 +21,42 @@ import orjson
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from tabulate import tabulate
 
+from brightrun_pipeline import queries
 from brightrun_pipeline.config import Settings, load_settings
-from brightrun_pipeline.db.repository import CATALOG_SORT_COLUMNS, Database, TrainingFileRecord
+from brightrun_pipeline.db.repository import Database, TrainingFileRecord
 from brightrun_pipeline.errors import BrightRunError, RequestRejected, UsageError
+from brightrun_pipeline.factory import Services, open_services
 from brightrun_pipeline.models import SelectionRequest
-from brightrun_pipeline.rules import ineligibility_reason, normalize_uuid
+from brightrun_pipeline.rules import normalize_uuid
 from brightrun_pipeline.service import Pipeline
-from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
+from brightrun_pipeline.storage import ObjectStore
 
 
 class App:
-    """What every command needs, created on first use."""
+    """What every command needs, opened on first use through the one factory."""
 
     def __init__(self) -> None:
         self.settings: Settings = load_settings()
 
     @cached_property
+    def services(self) -> Services:
+        return open_services(self.settings)
+
+    @property
     def store(self) -> ObjectStore:
-        settings = self.settings
-        if settings.storage_backend == "s3":
-            from resources import ObjectStoreResource
+        return self.services.store
 
-            return ObjectStoreResource(backend="s3", endpoint_url=settings.s3_endpoint_url,
-                                       region_name=settings.s3_region,
-                                       max_pool_connections=settings.fetch_concurrency).store()
-        return LocalObjectStore(settings.storage_root)
-
-    @cached_property
+    @property
     def pipeline(self) -> Pipeline:
-        return Pipeline.from_settings(self.settings, Database(self.settings.database_url),
-                                      self.store)
+        return self.services.pipeline
 
     @property
     def db(self) -> Database:
-        return self.pipeline.db
+        return self.services.db
 
     def file(self, ref: str) -> TrainingFileRecord:
         """A training file by name or id, or a usage error."""
-        file = self.db.find_file(ref)
-        if file is None:
-            raise UsageError(f"no training file named or with id {ref!r}")
-        return file
+        return queries.find_file(self.pipeline, ref)
 
 
 pass_app = click.make_pass_decorator(App)
@@ -127,35 +122,36 @@ def conversations() -> None:
 @conversations.command("list")
 @click.option("--batch", "batch_id", help="Only this Batch ID.")
 @click.option("--status", help="Only this enrichment_status.")
+@click.option("--persona", help="Only this persona key.")
+@click.option("--arc", help="Only this emotional arc key.")
+@click.option("--topic", help="Only this topic key.")
+@click.option("--tier", help="Only this tier.")
+@click.option("--search", "q", help="Only titles or IDs containing this text.")
 @click.option("--eligible", is_flag=True, help="Only conversations that can go into a file.")
-@click.option("--sort", type=click.Choice(CATALOG_SORT_COLUMNS), default="created_at",
+@click.option("--sort", type=click.Choice(list(queries.CONVERSATION_SORTS)), default="created",
               show_default=True)
 @click.option("--desc", is_flag=True, help="Sort descending.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most N rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
 @pass_app
-def conversations_list(app: App, batch_id: str | None, status: str | None, eligible: bool,
-                       sort: str, desc: bool, limit: int | None, fmt: str) -> None:
-    """List conversations with their Batch ID."""
+def conversations_list(app: App, batch_id: str | None, status: str | None,
+                       persona: str | None, arc: str | None, topic: str | None,
+                       tier: str | None, q: str | None, eligible: bool, sort: str, desc: bool,
+                       limit: int | None, fmt: str) -> None:
+    """List conversations with their Batch ID and the training files holding each."""
     if batch_id is not None:
         batch_id = _uuid_option(batch_id, "--batch")
-    rows = app.db.list_conversations(batch_id=batch_id, status=status,
-                                     eligible=True if eligible else None, sort=sort,
-                                     descending=desc, limit=limit)
-    records = [{
-        "conversation_id": r.conversation_id, "batch_id": r.batch_id, "title": r.title,
-        "status": r.enrichment_status, "eligible": ineligibility_reason(_facts(r)) is None,
-        "persona": r.persona_key, "arc": r.emotional_arc_key, "topic": r.topic_key,
-        "tier": r.tier, "quality": r.quality_score, "created_at": r.created_at,
-    } for r in rows]
+    rows = queries.all_conversations(
+        app.pipeline, sort=sort, desc=desc, limit=limit, batch_id=batch_id, status=status,
+        persona=persona, arc=arc, topic=topic, tier=tier, q=q,
+        eligible=True if eligible else None)
+    records = []
+    for row in rows:
+        record = row.model_dump(exclude={"ineligible_reason", "files"})
+        record["files"] = ", ".join(f.name for f in row.files)
+        records.append(record)
     _emit(records, fmt)
-
-
-def _facts(row: Any) -> Any:
-    from brightrun_pipeline.rules import ConversationFacts
-
-    return ConversationFacts(row.conversation_id, row.enrichment_status, row.enriched_file_path)
 
 
 def _emit(records: list[dict[str, Any]], fmt: str) -> None:
@@ -190,17 +186,15 @@ def files() -> None:
     """Create, grow, list, download and verify training files."""
 
 
-def _file_summary(file: TrainingFileRecord, version: Any) -> dict[str, Any]:
+def _file_record(summary: queries.FileSummary) -> dict[str, Any]:
     return {
-        "id": file.id, "name": file.name, "description": file.description,
-        "status": file.status, "version": file.current_version,
-        "conversations": version.conversation_count if version else 0,
-        "training_pairs": version.training_pair_count if version else 0,
-        "trainable_pairs": version.trainable_pair_count if version else 0,
-        "avg_quality": version.avg_quality_score if version else None,
-        "json_bytes": version.json_size if version else None,
-        "jsonl_bytes": version.jsonl_size if version else None,
-        "created_at": file.created_at, "updated_at": file.updated_at,
+        "id": summary.id, "name": summary.name, "description": summary.description,
+        "owner": summary.owner, "status": summary.status, "version": summary.current_version,
+        "conversations": summary.conversations, "training_pairs": summary.training_pairs,
+        "trainable_pairs": summary.trainable_pairs,
+        "avg_quality": summary.quality.avg_quality_score,
+        "json_bytes": summary.json_bytes, "jsonl_bytes": summary.jsonl_bytes,
+        "created_at": summary.created_at, "updated_at": summary.updated_at,
     }
 
 
@@ -210,11 +204,11 @@ def _file_summary(file: TrainingFileRecord, version: Any) -> dict[str, Any]:
 @pass_app
 def files_list(app: App, fmt: str) -> None:
     """List training files (full JSON files; each has a JSONL alongside)."""
-    records = [_file_summary(file, version) for file, version in app.db.list_files()]
+    records = [_file_record(summary) for summary in queries.list_files(app.pipeline)]
     if fmt == "table":
         for record in records:
-            record.pop("description")
-            record.pop("created_at")
+            for key in ("description", "owner", "created_at"):
+                record.pop(key)
     _emit(records, fmt)
 
 
@@ -225,39 +219,30 @@ def files_list(app: App, fmt: str) -> None:
 @pass_app
 def files_show(app: App, file_ref: str, fmt: str) -> None:
     """Show a training file: header figures and every version."""
-    file = app.file(file_ref)
-    current = app.db.get_version(file.id)
-    summary = _file_summary(file, current)
-    header = None
-    if current is not None:
-        header = _read_header(app, current.json_key, current.json_body_start)
-        summary["quality_summary"] = header["quality_summary"]
-        summary["scaffolding_distribution"] = header["scaffolding_distribution"]
+    detail = queries.file_detail(app.pipeline, file_ref)
+    summary = _file_record(detail.file)
+    if detail.file.current_version is not None:
+        summary["quality_summary"] = detail.file.quality.model_dump()
+        summary["scaffolding_distribution"] = detail.file.scaffolding_distribution
     summary["versions"] = [{
-        "version": v.version, "reason": v.reason, "conversations": v.conversation_count,
-        "training_pairs": v.training_pair_count, "jsonl_lines": v.jsonl_line_count,
+        "version": v.version, "reason": v.reason, "conversations": v.conversations,
+        "training_pairs": v.training_pairs, "jsonl_lines": v.jsonl_lines,
         "json_sha256": v.json_sha256, "jsonl_sha256": v.jsonl_sha256,
-        "request_ids": v.request_ids, "dagster_run_id": v.dagster_run_id,
-        "created_at": v.created_at,
-    } for v in app.db.list_versions(file.id)]
+        "request_ids": v.request_ids, "requested_by": v.requested_by,
+        "dagster_run_id": v.dagster_run_id, "created_at": v.created_at,
+    } for v in reversed(detail.versions)]
     if fmt == "json":
         _echo_json(summary)
         return
-    for key in ("id", "name", "description", "status", "version", "conversations",
+    for key in ("id", "name", "description", "owner", "status", "version", "conversations",
                 "training_pairs", "trainable_pairs", "avg_quality", "json_bytes", "jsonl_bytes"):
         click.echo(f"{key:>16}: {summary[key] if summary[key] is not None else ''}")
-    if header is not None:
-        for key, counts in header["scaffolding_distribution"].items():
-            click.echo(f"{key:>16}: " + ", ".join(f"{k}={n}" for k, n in counts.items()))
+    for key, counts in detail.file.scaffolding_distribution.items():
+        click.echo(f"{key:>16}: " + ", ".join(f"{k}={n}" for k, n in counts.items()))
     click.echo("")
-    _emit([{k: v for k, v in row.items() if k not in ("json_sha256", "jsonl_sha256")}
+    _emit([{k: (", ".join(v) if k == "requested_by" else v) for k, v in row.items()
+            if k not in ("json_sha256", "jsonl_sha256")}
            for row in summary["versions"]], "table")
-
-
-def _read_header(app: App, key: str, body_start: int) -> dict[str, Any]:
-    with app.store.open_read(app.settings.training_bucket, key) as stream:
-        prefix = stream.read(body_start)
-    return orjson.loads(prefix.rstrip()[:-1] + b"[]}")["training_file_metadata"]
 
 
 def selection_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -291,37 +276,18 @@ def _selection(app: App, conversation_ids: Sequence[str], ids_file: Path | None,
         return _read_ids_file(ids_file)
     assert batch_id is not None
     batch = _uuid_option(batch_id, "--batch")
-    if not app.db.batch_exists(batch):
-        raise UsageError(f"no batch with id {batch}")
-    rows = app.db.list_conversations(batch_id=batch, sort="created_at")
-    if not rows:
+    kept, left_out = queries.eligible_in_batch(app.pipeline, batch, file.id if file else None)
+    if not kept and not left_out:
         raise UsageError(f"batch {batch} has no conversations yet")
     if not only_eligible:
-        return [row.conversation_id for row in rows]
-    kept, left_out = _eligible_in_batch(app, rows, file)
+        return [row.conversation_id
+                for row in app.db.list_conversations(batch_id=batch, sort="created_at")]
     for cid, reason in left_out.items():
         click.echo(f"left out {cid}: {reason}", err=True)
     if not kept:
         raise RequestRejected(f"batch {batch} has no eligible conversation left to add",
                               left_out)
     return kept
-
-
-def _eligible_in_batch(app: App, rows: Sequence[Any], file: TrainingFileRecord | None
-                       ) -> tuple[list[str], dict[str, str]]:
-    """Split a batch into conversations that can be added to `file` and why the others cannot."""
-    members = app.db.member_versions(file.id, [r.conversation_id for r in rows]) if file else {}
-    kept: list[str] = []
-    left_out: dict[str, str] = {}
-    for row in rows:
-        reason = ineligibility_reason(_facts(row))
-        if reason is None and row.conversation_id in members:
-            reason = f"already in the file (added in version {members[row.conversation_id]})"
-        if reason is None:
-            kept.append(row.conversation_id)
-        else:
-            left_out[row.conversation_id] = reason
-    return kept, left_out
 
 
 def _read_ids_file(path: Path) -> list[str]:
@@ -451,21 +417,8 @@ def _report_final(app: App, request_id: str) -> None:
 def files_download(app: App, file_ref: str, fmt: str, version: int | None, output: Path) -> None:
     """Download the JSON, the JSONL or the manifest of a version."""
     file = app.file(file_ref)
-    record = app.db.get_version(file.id, version)
-    if record is None:
-        raise UsageError(f"training file {file.name!r} has no "
-                         + (f"version {version}" if version else "published version yet"))
-    from brightrun_pipeline.builder import object_key
-
-    key = {"json": record.json_key, "jsonl": record.jsonl_key,
-           "manifest": record.manifest_key}[fmt]
-    own = object_key(file.id, record.version, {"json": "training.json", "jsonl": "training.jsonl",
-                                               "manifest": "manifest.json"}[fmt])
-    # The key comes from the version row: a row edited to point at another file's objects (or
-    # anywhere else) is refused rather than served under this file's name.
-    if key != own:
-        raise BrightRunError(f"version {record.version} of {file.name!r} records the key "
-                             f"{key!r}, not its own {own!r}; refusing to download it")
+    record = queries.get_version(app.pipeline, file, version)
+    key = queries.download_key(file, record, fmt)
     with app.store.open_read(app.settings.training_bucket, key) as stream:
         if str(output) == "-":
             shutil.copyfileobj(stream, sys.stdout.buffer, 1 << 20)
@@ -579,6 +532,46 @@ def requests_retry(app: App, request_id: str) -> None:
     click.echo(f"request {request.id} is {request.status} again")
 
 
+# --- users ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def users() -> None:
+    """Console users and their API tokens."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May add to every training file.")
+@pass_app
+def users_add(app: App, name: str, admin: bool) -> None:
+    """Add a console user and print its API token (shown this once; only its hash is kept)."""
+    from brightrun_pipeline.users import add_user
+
+    user, token = add_user(app.db, name, admin=admin)
+    click.echo(f"user {user.name!r} added{' (admin)' if admin else ''}; its token, shown once:",
+               err=True)
+    click.echo(token)
+
+
+@users.command("list")
+@pass_app
+def users_list(app: App) -> None:
+    """List console users (never their tokens)."""
+    _emit([{"name": u.name, "admin": u.is_admin, "created_at": u.created_at}
+           for u in app.db.list_users()], "table")
+
+
+@users.command("remove")
+@click.argument("name")
+@pass_app
+def users_remove(app: App, name: str) -> None:
+    """Remove a console user; its token stops working at once."""
+    if not app.db.remove_user(name):
+        raise UsageError(f"no user named {name!r}")
+    click.echo(f"user {name!r} removed")
+
+
 # --- lineage --------------------------------------------------------------------------------
 
 
@@ -594,16 +587,8 @@ def lineage() -> None:
 @pass_app
 def lineage_conversation(app: App, conversation_id: str, fmt: str) -> None:
     """Every training file and version that contains a conversation."""
-    from brightrun_pipeline.lineage import conversation_lineage
-
     cid = _uuid_option(conversation_id, "CONVERSATION_ID")
-    if not app.db.conversations_by_id([cid]):
-        raise UsageError(f"unknown conversation ID {cid}")
-    records = [{
-        "training_file_id": a.training_file_id, "file_name": a.file_name,
-        "added_in_version": a.added_in_version, "versions": a.versions,
-        "current_version": a.current_version, "source_sha256": a.source_sha256,
-    } for a in conversation_lineage(app.pipeline, cid)]
+    records = [a.model_dump() for a in queries.conversation_lineage(app.pipeline, cid)]
     if fmt == "table" and not records:
         click.echo(f"conversation {cid} is in no training file")
         return
@@ -628,10 +613,9 @@ def _ranges(versions: Iterable[int]) -> str:
 @pass_app
 def lineage_file(app: App, file_ref: str, version: int | None, fmt: str) -> None:
     """The conversations of a version with their batch and source hash."""
-    from brightrun_pipeline.lineage import version_lineage_rows
-
     file = app.file(file_ref)
-    _emit(version_lineage_rows(app.pipeline, file.id, version), fmt)
+    _emit([row.model_dump() for row in queries.version_lineage(app.pipeline, file.id, version)],
+          fmt)
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -657,7 +641,7 @@ def demo(app: App) -> None:
     pipeline = app.pipeline
     for batch in (dataset.batches[0].id, dataset.batches[1].id):
         current = app.db.find_file(name)
-        kept, _ = _eligible_in_batch(app, app.db.list_conversations(batch_id=batch), current)
+        kept, _ = queries.eligible_in_batch(pipeline, batch, current.id if current else None)
         if not kept:
             click.echo(f"batch {batch}: already in {name!r}")
             continue

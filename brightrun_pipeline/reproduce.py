@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from brightrun_pipeline.builder import BuildSpec, IncomingConversation, build_version
 from brightrun_pipeline.errors import ProcessingFailed, UsageError
-from brightrun_pipeline.lineage import read_manifest
+from brightrun_pipeline.queries import read_manifest
 from brightrun_pipeline.storage import LocalObjectStore
 
 if TYPE_CHECKING:

@@ -11,6 +11,8 @@ from brightrun_pipeline.errors import RequestRejected
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
 
 MAX_NAME_LENGTH = 120
+# The enrichment status a conversation needs to go into a training file (with a file path).
+ELIGIBLE_STATUS = "completed"
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,9 @@ def check_request_size(raw_ids: Sequence[object]) -> None:
 def ineligibility_reason(facts: ConversationFacts) -> str | None:
     """Why a conversation cannot go into any training file, or None if it can."""
     reasons = []
-    if facts.enrichment_status != "completed":
-        reasons.append(f"enrichment_status is {facts.enrichment_status!r}, not 'completed'")
+    if facts.enrichment_status != ELIGIBLE_STATUS:
+        reasons.append(f"enrichment_status is {facts.enrichment_status!r}, "
+                       f"not {ELIGIBLE_STATUS!r}")
     if not facts.enriched_file_path:
         reasons.append("enriched_file_path is null")
     return "; ".join(reasons) or None

@@ -2,23 +2,22 @@
 
 
 import contextlib
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-import boto3
 import dagster as dg
-from botocore.config import Config
 from botocore.handlers import disable_signing
 from dagster_aws.s3 import S3Resource
-from dagster_aws.utils import construct_boto_client_retry_config
 from pydantic import Field, PrivateAttr
 
 from assets.partitions import REQUEST_TAG, TRAINING_FILE_TAG
-from brightrun_pipeline.config import LifecycleSettings, RetrySettings
+from brightrun_pipeline.config import LifecycleSettings, RetrySettings, load_settings
 from brightrun_pipeline.db.repository import Database
+from brightrun_pipeline.factory import open_database, open_store, s3_client
 from brightrun_pipeline.liveness import Heartbeat
-from brightrun_pipeline.s3_store import S3ObjectStore
 from brightrun_pipeline.service import Pipeline
-from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
+from brightrun_pipeline.storage import ObjectStore
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -34,7 +33,7 @@ class DatabaseResource(dg.ConfigurableResource):
             url = self.url.get_value() if isinstance(self.url, dg.EnvVar) else self.url
             if not url:
                 raise ValueError("the database URL's environment variable is not set")
-            self._database = Database(url)
+            self._database = open_database(replace(load_settings({}), database_url=url))
         return self._database
 
 
@@ -60,22 +59,14 @@ class PooledS3Resource(S3Resource):
         description="Seconds to wait for a response's bytes; None keeps botocore's default.")
 
     def get_client(self) -> Any:
-        timeouts = {name: value for name, value in (("connect_timeout", self.connect_timeout),
-                                                    ("read_timeout", self.read_timeout))
-                    if value is not None}
-        config = construct_boto_client_retry_config(self.max_attempts).merge(
-            Config(max_pool_connections=self.max_pool_connections, **timeouts))
-        client = boto3.session.Session(profile_name=self.profile_name).client(
-            "s3",
-            region_name=self.region_name,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            endpoint_url=self.endpoint_url,
+        client = s3_client(
+            endpoint_url=self.endpoint_url, region_name=self.region_name,
+            max_pool_connections=self.max_pool_connections,
+            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            profile_name=self.profile_name, use_ssl=self.use_ssl, verify=self.verify,
             aws_access_key_id=self.aws_access_key_id,
             aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-            config=config,
-        )
+            aws_session_token=self.aws_session_token)
         if self.use_unsigned_session:
             client.meta.events.register("choose-signer.s3.*", disable_signing)
         return client
@@ -94,18 +85,12 @@ class ObjectStoreResource(dg.ConfigurableResource):
 
     def store(self) -> ObjectStore:
         """The configured object store."""
-        if self.backend == "local":
-            return LocalObjectStore(self.root)
-        if self.backend == "s3":
-            client = PooledS3Resource(
-                endpoint_url=self.endpoint_url,
-                region_name=self.region_name,
-                aws_access_key_id=self.aws_access_key_id,
-                aws_secret_access_key=self.aws_secret_access_key,
-                max_pool_connections=self.max_pool_connections,
-            ).get_client()
-            return S3ObjectStore(client)
-        raise ValueError(f"unknown storage backend {self.backend!r} (expected 'local' or 's3')")
+        settings = replace(load_settings({}), storage_backend=self.backend,
+                           storage_root=Path(self.root), s3_endpoint_url=self.endpoint_url,
+                           s3_region=self.region_name,
+                           fetch_concurrency=self.max_pool_connections)
+        return open_store(settings, aws_access_key_id=self.aws_access_key_id,
+                          aws_secret_access_key=self.aws_secret_access_key)
 
 
 class BrightRunResource(dg.ConfigurableResource):
@@ -150,15 +135,13 @@ class BrightRunResource(dg.ConfigurableResource):
     def pipeline(self) -> Pipeline:
         """The service the assets and sensors call."""
         if self._pipeline is None:
-            self._pipeline = Pipeline(
-                self.database.database(),
-                self.storage.store(),
-                source_bucket=self.source_bucket,
-                training_bucket=self.training_bucket,
-                fetch_concurrency=self.fetch_concurrency,
+            settings = replace(
+                load_settings({}), source_bucket=self.source_bucket,
+                training_bucket=self.training_bucket, fetch_concurrency=self.fetch_concurrency,
                 retry=RetrySettings(self.fetch_attempts, self.fetch_base_delay,
                                     self.fetch_max_delay),
                 lifecycle=LifecycleSettings(self.heartbeat_seconds, self.stale_after_seconds,
-                                            self.request_attempts, self.build_wait_seconds),
-            )
+                                            self.request_attempts, self.build_wait_seconds))
+            self._pipeline = Pipeline.from_settings(settings, self.database.database(),
+                                                    self.storage.store())
         return self._pipeline

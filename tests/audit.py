@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from brightrun_pipeline.db.schema import run_heartbeats, training_file_builds
-from brightrun_pipeline.lineage import read_manifest
+from brightrun_pipeline.queries import read_manifest
 from brightrun_pipeline.reproduce import reproduce_version
 from brightrun_pipeline.service import Pipeline
 

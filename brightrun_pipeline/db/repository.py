@@ -24,17 +24,18 @@ from brightrun_pipeline.db.schema import (
     training_file_conversations,
     training_file_versions,
     training_files,
+    users,
 )
 from brightrun_pipeline.errors import RequestRejected, StaleVersion
 from brightrun_pipeline.members import MemberRecord
 from brightrun_pipeline.models import RequestError, SelectionRequest
-from brightrun_pipeline.rules import name_key
+from brightrun_pipeline.rules import ELIGIBLE_STATUS, name_key
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 CATALOG_SORT_COLUMNS = (
     "batch_id", "created_at", "updated_at", "conversation_id", "title", "persona_key",
-    "emotional_arc_key", "topic_key", "tier", "quality_score", "enrichment_status",
+    "emotional_arc_key", "topic_key", "tier", "quality_score", "enrichment_status", "eligible",
 )
 
 catalog = sa.table(CATALOG_VIEW, *(sa.column(c.name) for c in conversations.c),
@@ -43,6 +44,10 @@ catalog = sa.table(CATALOG_VIEW, *(sa.column(c.name) for c in conversations.c),
 catalog_columns = [sa.type_coerce(catalog.c[c.name], c.type).label(c.name)
                    for c in conversations.c] + [
     sa.type_coerce(catalog.c.batch_id, batch_items.c.batch_job_id.type).label("batch_id")]
+# The eligibility rule (brightrun_pipeline.rules.ineligibility_reason) as a condition on the
+# catalog, for filtering and sorting in the database.
+ELIGIBLE_CONDITION = sa.and_(catalog.c.enrichment_status == ELIGIBLE_STATUS,
+                             catalog.c.enriched_file_path.is_not(None))
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,29 @@ class CatalogRow:
     created_at: datetime | None
     updated_at: datetime | None
     batch_id: str | None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch job with the size of its catalog share."""
+
+    id: str
+    name: str | None
+    status: str
+    tier: str | None
+    created_at: datetime | None
+    conversations: int
+    eligible: int
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A console user (the token itself is never stored, only its hash)."""
+
+    id: str
+    name: str
+    is_admin: bool
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -204,35 +232,21 @@ class Database:
     def list_conversations(
         self,
         *,
-        batch_id: str | None = None,
-        status: str | None = None,
-        eligible: bool | None = None,
         sort: str = "created_at",
         descending: bool = False,
         limit: int | None = None,
         offset: int = 0,
+        **filters: Any,
     ) -> list[CatalogRow]:
-        """Conversations with their Batch ID, filtered and sorted as a curator asks."""
+        """Conversations with their Batch ID, filtered (see `_catalog_filter`) and sorted as a
+        curator asks."""
         if sort not in CATALOG_SORT_COLUMNS:
             raise ValueError(
                 f"cannot sort by {sort!r}; choose one of {', '.join(CATALOG_SORT_COLUMNS)}"
             )
-        query = sa.select(*catalog_columns)
-        if batch_id is not None:
-            # The semi-join lets the index on batch_items.batch_job_id narrow the rows first.
-            query = query.where(
-                catalog.c.conversation_id.in_(
-                    sa.select(batch_items.c.conversation_id).where(
-                        batch_items.c.batch_job_id == batch_id)),
-                catalog.c.batch_id == sa.type_coerce(batch_id, batch_items.c.batch_job_id.type),
-            )
-        if status is not None:
-            query = query.where(catalog.c.enrichment_status == status)
-        if eligible is not None:
-            condition = sa.and_(catalog.c.enrichment_status == "completed",
-                                catalog.c.enriched_file_path.is_not(None))
-            query = query.where(condition if eligible else sa.not_(condition))
-        order: sa.ColumnElement[Any] = catalog.c[sort]
+        query = self._catalog_filter(sa.select(*catalog_columns), **filters)
+        order: sa.ColumnElement[Any] = (ELIGIBLE_CONDITION if sort == "eligible"
+                                        else catalog.c[sort])
         if sort in ("created_at", "updated_at") and self.engine.dialect.name == "sqlite":
             # Text in any ISO-8601 form: compare the instants it denotes.
             order = sa.func.julianday(order)
@@ -245,6 +259,100 @@ class Database:
             query = query.offset(offset)
         with self.engine.connect() as connection:
             return [_record(CatalogRow, row) for row in connection.execute(query)]
+
+    def count_conversations(self, **filters: Any) -> int:
+        """How many conversations `list_conversations` would list with these filters."""
+        query = self._catalog_filter(sa.select(sa.func.count()).select_from(catalog), **filters)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    @staticmethod
+    def _catalog_filter(
+        query: sa.Select[Any], *, batch_id: str | None = None, status: str | None = None,
+        eligible: bool | None = None, persona: str | None = None, arc: str | None = None,
+        topic: str | None = None, tier: str | None = None, text: str | None = None,
+        in_file: str | None = None,
+    ) -> sa.Select[Any]:
+        """The catalog rows a curator's filters keep (every filter given must hold)."""
+        if batch_id is not None:
+            # The semi-join lets the index on batch_items.batch_job_id narrow the rows first.
+            query = query.where(
+                catalog.c.conversation_id.in_(
+                    sa.select(batch_items.c.conversation_id).where(
+                        batch_items.c.batch_job_id == batch_id)),
+                catalog.c.batch_id == sa.type_coerce(batch_id, batch_items.c.batch_job_id.type),
+            )
+        for column, value in (("enrichment_status", status), ("persona_key", persona),
+                              ("emotional_arc_key", arc), ("topic_key", topic), ("tier", tier)):
+            if value is not None:
+                query = query.where(catalog.c[column] == value)
+        if eligible is not None:
+            query = query.where(ELIGIBLE_CONDITION if eligible else sa.not_(ELIGIBLE_CONDITION))
+        if text:
+            pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace(
+                "_", "\\_") + "%"
+            query = query.where(sa.or_(
+                sa.func.lower(catalog.c.title).like(pattern, escape="\\"),
+                sa.func.lower(sa.cast(catalog.c.conversation_id, sa.Text)).like(
+                    pattern, escape="\\")))
+        if in_file is not None:
+            query = query.where(catalog.c.conversation_id.in_(
+                sa.select(training_file_conversations.c.conversation_id).where(
+                    training_file_conversations.c.training_file_id == in_file)))
+        return query
+
+    def catalog_values(self) -> dict[str, list[str]]:
+        """The distinct values of the catalog's filterable columns (for filter choices)."""
+        values: dict[str, list[str]] = {}
+        with self.engine.connect() as connection:
+            for column in ("enrichment_status", "persona_key", "emotional_arc_key", "topic_key",
+                           "tier"):
+                rows = connection.execute(
+                    sa.select(conversations.c[column]).where(
+                        conversations.c[column].is_not(None)).distinct().order_by(
+                        conversations.c[column]))
+                values[column] = [row[0] for row in rows]
+        return values
+
+    def list_batches(self) -> list[BatchRecord]:
+        """Every batch job with how many conversations it holds and how many are eligible."""
+        members = sa.select(catalog.c.batch_id.label("batch_id"),
+                            sa.func.count().label("conversations"),
+                            sa.cast(sa.func.sum(sa.case((ELIGIBLE_CONDITION, 1), else_=0)),
+                                    sa.Integer).label("eligible")).group_by(catalog.c.batch_id).subquery()
+        query = sa.select(
+            batch_jobs.c.id, batch_jobs.c.name, batch_jobs.c.status, batch_jobs.c.tier,
+            batch_jobs.c.created_at,
+            sa.func.coalesce(members.c.conversations, 0).label("conversations"),
+            sa.func.coalesce(members.c.eligible, 0).label("eligible"),
+        ).select_from(batch_jobs.outerjoin(
+            members, sa.type_coerce(members.c.batch_id, batch_jobs.c.id.type) == batch_jobs.c.id)
+        ).order_by(batch_jobs.c.created_at.desc(), batch_jobs.c.id)
+        with self.engine.connect() as connection:
+            return [_record(BatchRecord, row) for row in connection.execute(query)]
+
+    def memberships(self, conversation_ids: Iterable[str]
+                    ) -> dict[str, list[tuple[str, str, int]]]:
+        """For each of these conversations, the files holding it: (file id, name, version that
+        added it), by file name."""
+        ids = sorted(set(conversation_ids))
+        found: dict[str, list[tuple[str, str, int]]] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                rows = connection.execute(
+                    sa.select(training_file_conversations.c.conversation_id,
+                              training_files.c.id, training_files.c.name,
+                              training_file_conversations.c.added_in_version).join(
+                        training_files,
+                        training_files.c.id == training_file_conversations.c.training_file_id,
+                    ).where(training_file_conversations.c.conversation_id.in_(
+                        [sa.type_coerce(i, conversations.c.conversation_id.type)
+                         for i in chunk])).order_by(training_files.c.name_key))
+                for row in rows:
+                    found.setdefault(row.conversation_id, []).append(
+                        (row.id, row.name, row.added_in_version))
+        return found
 
     def conversations_by_id(self, conversation_ids: Iterable[str]) -> dict[str, CatalogRow]:
         """The catalog rows of the given (normalized) conversation IDs that exist."""
@@ -266,6 +374,44 @@ class Database:
         with self.engine.connect() as connection:
             return connection.execute(
                 sa.select(batch_jobs.c.id).where(batch_jobs.c.id == batch_id)).first() is not None
+
+    # --- Users -----------------------------------------------------------------------------------
+
+    def add_user(self, user: UserRecord, token_hash: str) -> bool:
+        """Store a new user; False when the name is taken (case-insensitive)."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(sa.insert(users).values(
+                    id=user.id, name=user.name, name_key=name_key(user.name),
+                    is_admin=user.is_admin, token_hash=token_hash, created_at=user.created_at))
+        except IntegrityError:
+            return False
+        return True
+
+    def user_by_token_hash(self, token_hash: str) -> tuple[UserRecord, str] | None:
+        """The user holding a token with this hash, with the stored hash."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(users).where(
+                users.c.token_hash == token_hash)).first()
+        return None if row is None else (_record(UserRecord, row), row.token_hash)
+
+    def list_users(self) -> list[UserRecord]:
+        """Every user, by name."""
+        with self.engine.connect() as connection:
+            return [_record(UserRecord, row) for row in connection.execute(
+                sa.select(users).order_by(users.c.name_key))]
+
+    def count_users(self) -> int:
+        """How many users exist."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(
+                sa.select(sa.func.count()).select_from(users)).scalar_one())
+
+    def remove_user(self, name: str) -> bool:
+        """Delete a user by (case-insensitive) name; False when there is none."""
+        with self.engine.begin() as connection:
+            return connection.execute(sa.delete(users).where(
+                users.c.name_key == name_key(name))).rowcount == 1
 
     # --- Training files ------------------------------------------------------------------------
 
@@ -489,6 +635,35 @@ class Database:
         ).order_by(selection_requests.c.updated_at, selection_requests.c.id).limit(limit)
         with self.engine.connect() as connection:
             return [_request(row) for row in connection.execute(query)]
+
+    def open_requests_by_file(self) -> dict[str, list[SelectionRequest]]:
+        """Requests that have not ended (pending, queued, running), by the existing file they
+        target, oldest first."""
+        target = sa.func.coalesce(selection_requests.c.target_file_id,
+                                  selection_requests.c.training_file_id)
+        query = sa.select(selection_requests).where(
+            selection_requests.c.status.in_(["pending", "queued", "running"]),
+            target.is_not(None)).order_by(selection_requests.c.created_at,
+                                          selection_requests.c.id)
+        found: dict[str, list[SelectionRequest]] = {}
+        with self.engine.connect() as connection:
+            for row in connection.execute(query):
+                request = _request(row)
+                file_id = request.target_file_id or request.training_file_id
+                assert file_id is not None
+                found.setdefault(file_id, []).append(request)
+        return found
+
+    def requests_by_id(self, request_ids: Iterable[str]) -> dict[str, SelectionRequest]:
+        """The requests with these ids that exist."""
+        ids = sorted(set(request_ids))
+        found: dict[str, SelectionRequest] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                rows = connection.execute(sa.select(selection_requests).where(
+                    selection_requests.c.id.in_(ids[start:start + 500])))
+                found.update({row.id: _request(row) for row in rows})
+        return found
 
     def hand_over_request(self, request_id: str, *, from_holder: str | None, to: str,
                           now: datetime) -> bool:

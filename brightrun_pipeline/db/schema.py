@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from brightrun_pipeline.db.types import ForeignText, JSONDocument, Timestamp, UUIDText, utc_now
@@ -203,8 +205,21 @@ run_heartbeats = Table(
     Column("beat_at", Timestamp, nullable=False),
 )
 
+# People who use the console: a token is shown once when the user is added; only its SHA-256
+# is kept.
+users = Table(
+    "users",
+    metadata,
+    Column("id", UUIDText, primary_key=True),
+    Column("name", String(120), nullable=False),
+    Column("name_key", String(480), nullable=False, unique=True),
+    Column("is_admin", Boolean, nullable=False, server_default=false()),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+)
+
 OWNED_TABLES = (training_files, training_file_versions, training_file_conversations,
-                selection_requests, training_file_builds, run_heartbeats)
+                selection_requests, training_file_builds, run_heartbeats, users)
 
 CATALOG_VIEW = "conversation_catalog"
 
