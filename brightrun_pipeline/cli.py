@@ -618,6 +618,30 @@ def lineage_file(app: App, file_ref: str, version: int | None, fmt: str) -> None
           fmt)
 
 
+# --- console --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (beyond loopback, users are required).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@pass_app
+def console(app: App, host: str, port: int) -> None:
+    """Serve the curators' web console (Conversations and LoRA Training JSON Files pages)."""
+    from brightrun_pipeline.console.app import create_app, is_loopback
+
+    app.db.upgrade()
+    web = create_app(app.services, host=host)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"console on http://{shown}:{port}/ "
+               + ("(open to this machine's user: no users defined)"
+                  if is_loopback(host) and app.db.count_users() == 0 else "(sign-in required)"),
+               err=True)
+    import uvicorn
+
+    uvicorn.run(web, host=host, port=port, log_level="info", server_header=False)
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 

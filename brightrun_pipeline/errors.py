@@ -15,6 +15,16 @@ class UsageError(BrightRunError):
     exit_code = 2
 
 
+class NotFound(UsageError):
+    """The caller named something that does not exist (a file, version, request, batch)."""
+
+
+class Forbidden(BrightRunError):
+    """The caller may not do this (e.g. add to a training file they did not create)."""
+
+    exit_code = 2
+
+
 class RequestOutcomeError(BrightRunError):
     """Why a request did not publish: a message and, where it applies, a reason per conversation."""
 

@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from brightrun_pipeline.db.repository import CatalogRow, TrainingFileRecord, VersionRecord
-from brightrun_pipeline.errors import RequestRejected, UsageError
+from brightrun_pipeline.errors import NotFound, RequestRejected, UsageError
 from brightrun_pipeline.models import Manifest, SelectionRequest
 from brightrun_pipeline.rules import ConversationFacts, ineligibility_reason, normalize_uuid
 
@@ -194,7 +194,7 @@ def eligible_in_batch(pipeline: Pipeline, batch_id: str, file_id: str | None
     if batch is None:
         raise UsageError(f"a batch ID is a UUID, got {batch_id!r}")
     if not pipeline.db.batch_exists(batch):
-        raise UsageError(f"no batch with id {batch}")
+        raise NotFound(f"no batch with id {batch}")
     rows = pipeline.db.list_conversations(batch_id=batch, sort="created_at")
     members = (pipeline.db.member_versions(file_id, [r.conversation_id for r in rows])
                if file_id else {})
@@ -232,7 +232,7 @@ def check_selection(pipeline: Pipeline, conversation_ids: list[Any], *,
     if training_file is not None:
         existing = pipeline.db.find_file(training_file)
         if existing is None:
-            raise UsageError(f"no training file named or with id {training_file!r}")
+            raise NotFound(f"no training file named or with id {training_file!r}")
         file_id = existing.id
     request = SelectionRequest(id=str(uuid.uuid4()), training_file_id=file_id,
                                new_file_name=new_file_name, conversation_ids=conversation_ids)
@@ -292,7 +292,7 @@ def get_request(pipeline: Pipeline, request_id: str) -> RequestView:
     """One request by id, or a UsageError naming it."""
     request = pipeline.db.get_request(request_id)
     if request is None:
-        raise UsageError(f"no selection request with id {request_id!r}")
+        raise NotFound(f"no selection request with id {request_id!r}")
     return request_view(pipeline, request)
 
 
@@ -403,7 +403,7 @@ def find_file(pipeline: Pipeline, ref: str) -> TrainingFileRecord:
     """A training file by name or id, or a UsageError naming the reference."""
     file = pipeline.db.find_file(ref)
     if file is None:
-        raise UsageError(f"no training file named or with id {ref!r}")
+        raise NotFound(f"no training file named or with id {ref!r}")
     return file
 
 
@@ -439,8 +439,8 @@ def get_version(pipeline: Pipeline, file: TrainingFileRecord, version: int | Non
     """A published version of a file (the current one when `version` is None), or a UsageError."""
     record = pipeline.db.get_version(file.id, version)
     if record is None:
-        raise UsageError(f"training file {file.name!r} has no "
-                         + (f"version {version}" if version else "published version yet"))
+        raise NotFound(f"training file {file.name!r} has no "
+                       + (f"version {version}" if version else "published version yet"))
     return record
 
 
@@ -479,7 +479,7 @@ def read_manifest(pipeline: Pipeline, training_file_id: str, version: int | None
     record = pipeline.db.get_version(training_file_id, version)
     if record is None:
         which = "version yet" if version is None else f"version {version}"
-        raise UsageError(f"training file {training_file_id} has no published {which}")
+        raise NotFound(f"training file {training_file_id} has no published {which}")
     return Manifest.model_validate_json(
         pipeline.store.get_bytes(pipeline.training_bucket, record.manifest_key))
 
@@ -536,7 +536,7 @@ def conversation_lineage(pipeline: Pipeline, conversation_id: str) -> list[Appea
     if cid is None:
         raise UsageError(f"a conversation ID is a UUID, got {conversation_id!r}")
     if not pipeline.db.conversations_by_id([cid]):
-        raise UsageError(f"unknown conversation ID {cid}")
+        raise NotFound(f"unknown conversation ID {cid}")
     appearances = []
     for file, member in pipeline.db.files_containing(cid):
         current = file.current_version or 0

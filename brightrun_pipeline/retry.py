@@ -142,6 +142,11 @@ class RetryingStore(ObjectStore):
         """Return a directory for temp files that put_file into this bucket can take cheaply."""
         return self.inner.scratch_dir(bucket)
 
+    def download_url(self, bucket: str, key: str, *, file_name: str,
+                     expires_in: int) -> str | None:
+        """The wrapped store's download URL (signing makes no request: nothing to retry)."""
+        return self.inner.download_url(bucket, key, file_name=file_name, expires_in=expires_in)
+
 
 class _ResumingReader(io.RawIOBase):
     """An object read front to back; a transient failure re-opens it at the byte it stopped at.

@@ -145,6 +145,15 @@ class S3ObjectStore(ObjectStore):
         validate_key(key)
         return None
 
+    def download_url(self, bucket: str, key: str, *, file_name: str,
+                     expires_in: int) -> str | None:
+        """A presigned GET that S3 answers with `file_name` as the attachment's name."""
+        validate_key(key)
+        return str(self.client.generate_presigned_url(
+            "get_object", ExpiresIn=expires_in,
+            Params={"Bucket": bucket, "Key": key,
+                    "ResponseContentDisposition": f'attachment; filename="{file_name}"'}))
+
     def scratch_dir(self, bucket: str) -> Path:
         """Return a private temp directory for this bucket, created on first use."""
         with self._scratch_lock:

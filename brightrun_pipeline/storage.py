@@ -162,6 +162,12 @@ class ObjectStore(ABC):
     def scratch_dir(self, bucket: str) -> Path:
         """Return a directory for temp files that put_file into this bucket can take cheaply."""
 
+    def download_url(self, bucket: str, key: str, *, file_name: str,
+                     expires_in: int) -> str | None:
+        """A short-lived URL that serves the object as `file_name`, or None when the store
+        cannot give one (then the caller streams the object itself)."""
+        return None
+
 
 class LocalObjectStore(ObjectStore):
     """Objects as files under `<root>/<bucket>/<key>`, written atomically.

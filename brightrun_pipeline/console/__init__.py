@@ -1,0 +1,1 @@
+"""The curators' web console (FastAPI + Jinja2): see app.py."""

@@ -1,0 +1,209 @@
+"""The console's JSON API under /api/: the same read models and the same submission as the CLI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from brightrun_pipeline import queries
+from brightrun_pipeline.console.auth import CSRF_HEADER, Identity, check_csrf, require_identity
+from brightrun_pipeline.db.repository import UserRecord
+from brightrun_pipeline.errors import Forbidden, UsageError
+from brightrun_pipeline.factory import Services
+from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
+from brightrun_pipeline.users import may_add_to
+
+router = APIRouter(prefix="/api", tags=["api"])
+# How long a presigned S3 download link stays valid.
+DOWNLOAD_URL_SECONDS = 300
+Caller = Annotated[Identity, Depends(require_identity)]
+
+
+def services_of(request: Request) -> Services:
+    """The services the app was created with."""
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(services_of)]
+
+
+def changing(request: Request, identity: Caller) -> Identity:
+    """The caller of a state-changing request, after the CSRF check for browsers."""
+    check_csrf(request, identity, request.headers.get(CSRF_HEADER))
+    return identity
+
+
+Editor = Annotated[Identity, Depends(changing)]
+
+
+class UserView(BaseModel):
+    """Who the caller is."""
+
+    name: str
+    admin: bool
+    signed_in_via: str
+
+
+@router.get("/me")
+def me(identity: Caller) -> UserView:
+    """The signed-in user."""
+    return UserView(name=identity.user.name, admin=identity.user.is_admin,
+                    signed_in_via=identity.via)
+
+
+@router.get("/conversations")
+def list_conversations(services: ServicesDep, _: Caller,
+                       view: Annotated[queries.ConversationFilter, Query()]
+                       ) -> queries.ConversationPage:
+    """A page of conversations, filtered and sorted like the Conversations page."""
+    return queries.list_conversations(services.pipeline, view)
+
+
+@router.get("/conversations/{conversation_id}/lineage")
+def conversation_lineage(services: ServicesDep, _: Caller, conversation_id: str
+                         ) -> list[queries.Appearance]:
+    """Every training file and version that contains a conversation."""
+    return queries.conversation_lineage(services.pipeline, conversation_id)
+
+
+@router.get("/choices")
+def catalog_choices(services: ServicesDep, _: Caller) -> queries.CatalogChoices:
+    """The values each conversation filter can take."""
+    return queries.catalog_choices(services.pipeline)
+
+
+@router.get("/batches")
+def list_batches(services: ServicesDep, _: Caller) -> list[queries.BatchRow]:
+    """Every batch job with its conversation and eligible counts."""
+    return queries.list_batches(services.pipeline)
+
+
+class BatchSelection(BaseModel):
+    """The conversations of a batch that can be added to a file, and why the others cannot."""
+
+    batch_id: str
+    conversation_ids: list[str]
+    left_out: dict[str, str]
+
+
+@router.get("/batches/{batch_id}/eligible")
+def eligible_in_batch(services: ServicesDep, _: Caller, batch_id: str,
+                      file: str | None = None) -> BatchSelection:
+    """What "select all eligible in this batch" selects (for `file`, or for a new file)."""
+    file_id = queries.find_file(services.pipeline, file).id if file else None
+    kept, left_out = queries.eligible_in_batch(services.pipeline, batch_id, file_id)
+    return BatchSelection(batch_id=batch_id, conversation_ids=kept, left_out=left_out)
+
+
+@router.get("/files")
+def list_files(services: ServicesDep, _: Caller) -> list[queries.FileSummary]:
+    """Every training file with its current figures."""
+    return queries.list_files(services.pipeline)
+
+
+@router.get("/files/{file_ref}")
+def show_file(services: ServicesDep, _: Caller, file_ref: str) -> queries.FileDetail:
+    """A training file with its version history."""
+    return queries.file_detail(services.pipeline, file_ref)
+
+
+@router.get("/files/{file_ref}/versions")
+def list_versions(services: ServicesDep, _: Caller, file_ref: str) -> list[queries.VersionRow]:
+    """Every published version of a file, newest first."""
+    file = queries.find_file(services.pipeline, file_ref)
+    return queries.version_rows(services.pipeline, file.id)
+
+
+@router.get("/files/{file_ref}/lineage")
+def file_lineage(services: ServicesDep, _: Caller, file_ref: str,
+                 version: Annotated[int | None, Query(ge=1)] = None
+                 ) -> list[queries.LineageRow]:
+    """The conversations (and source hashes) that built a version (default: the current one)."""
+    file = queries.find_file(services.pipeline, file_ref)
+    queries.get_version(services.pipeline, file, version)
+    return queries.version_lineage(services.pipeline, file.id, version)
+
+
+@router.get("/files/{file_ref}/download", response_model=None,
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       307: {"description": "a short-lived presigned URL on S3"}})
+def download(services: ServicesDep, _: Caller, file_ref: str,
+             format: Literal["json", "jsonl", "manifest"] = "json",
+             version: Annotated[int | None, Query(ge=1)] = None) -> Response:
+    """The JSON, the JSONL or the manifest of a version (default: the current one)."""
+    pipeline = services.pipeline
+    file = queries.find_file(pipeline, file_ref)
+    record = queries.get_version(pipeline, file, version)
+    key = queries.download_key(file, record, format)
+    name = queries.download_name(file, record.version, format)
+    url = pipeline.store.download_url(pipeline.training_bucket, key, file_name=name,
+                                      expires_in=DOWNLOAD_URL_SECONDS)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    size = {"json": record.json_size, "jsonl": record.jsonl_size}.get(format)
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    media = "application/x-ndjson" if format == "jsonl" else "application/json"
+    return StreamingResponse(_chunks(services, key), media_type=media, headers=headers)
+
+
+def _chunks(services: Services, key: str) -> Any:
+    with services.store.open_read(services.pipeline.training_bucket, key) as stream:
+        while chunk := stream.read(1 << 20):
+            yield chunk
+
+
+class Selection(BaseModel):
+    """Conversations to add to an existing training file, or to a new one."""
+
+    conversation_ids: list[Any] = Field(
+        description=f"Conversation IDs (UUIDs), at most {MAX_CONVERSATIONS_PER_REQUEST}.")
+    training_file: str | None = Field(default=None,
+                                      description="An existing file's id or name.")
+    new_file_name: str | None = Field(default=None, description="The name of a new file.")
+    description: str | None = Field(default=None, max_length=2000,
+                                    description="A new file's description.")
+
+
+def _target_check(services: Services, user: UserRecord, selection: Selection) -> None:
+    if (selection.training_file is None) == (selection.new_file_name is None):
+        raise UsageError("name exactly one target: training_file or new_file_name")
+    if selection.training_file is not None:
+        file = queries.find_file(services.pipeline, selection.training_file)
+        if not may_add_to(user, file):
+            raise Forbidden(f"only the creator of {file.name!r} ({file.created_by or 'unknown'})"
+                            " or an admin may add to it")
+
+
+@router.post("/selections/validate")
+def validate_selection(services: ServicesDep, identity: Editor, selection: Selection
+                       ) -> queries.SelectionCheck:
+    """Check a selection with the submission rules, storing nothing."""
+    _target_check(services, identity.user, selection)
+    return queries.check_selection(services.pipeline, selection.conversation_ids,
+                                   training_file=selection.training_file,
+                                   new_file_name=selection.new_file_name)
+
+
+@router.post("/requests", status_code=202)
+def submit_request(services: ServicesDep, identity: Editor, selection: Selection
+                   ) -> queries.RequestView:
+    """Store a pending selection request (the sensor runs it); a selection that breaks the
+    rules is refused with a reason per conversation and nothing is stored."""
+    _target_check(services, identity.user, selection)
+    request = services.pipeline.submit(
+        conversation_ids=selection.conversation_ids, training_file=selection.training_file,
+        new_file_name=selection.new_file_name, description=selection.description,
+        requested_by=identity.user.name)
+    return queries.request_view(services.pipeline, request)
+
+
+@router.get("/requests/{request_id}")
+def show_request(services: ServicesDep, _: Caller, request_id: str) -> queries.RequestView:
+    """Where a selection request stands."""
+    return queries.get_request(services.pipeline, request_id)
