@@ -19,6 +19,10 @@ class NotFound(UsageError):
     """The caller named something that does not exist (a file, version, request, batch)."""
 
 
+class Conflict(UsageError):
+    """The request clashes with the current state (e.g. retrying a request that did not fail)."""
+
+
 class Forbidden(BrightRunError):
     """The caller may not do this (e.g. add to a training file they did not create)."""
 

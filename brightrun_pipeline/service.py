@@ -36,10 +36,11 @@ from brightrun_pipeline.errors import (
     AttemptLost,
     AttemptSuperseded,
     ChecksFailed,
+    Conflict,
+    NotFound,
     ProcessingFailed,
     RequestRejected,
     StaleVersion,
-    UsageError,
     is_retryable,
 )
 from brightrun_pipeline.liveness import Heartbeat
@@ -216,7 +217,7 @@ class Pipeline:
         if training_file is not None:
             existing = self.db.find_file(training_file)
             if existing is None:
-                raise UsageError(f"no training file named or with id {training_file!r}")
+                raise NotFound(f"no training file named or with id {training_file!r}")
             file_id = existing.id
         request = SelectionRequest(
             id=request_id or str(uuid.uuid4()),
@@ -566,11 +567,11 @@ class Pipeline:
         """Put a failed request back to pending so the sensor claims (and runs) it again."""
         request = self.db.get_request(request_id)
         if request is None:
-            raise UsageError(f"no selection request with id {request_id!r}")
+            raise NotFound(f"no selection request with id {request_id!r}")
         if not self.db.transition_request(request_id, from_statuses=["failed"], to="pending",
                                           now=utc_now()):
-            raise UsageError(f"request {request_id} is {request.status}; only failed requests "
-                             "can be retried")
+            raise Conflict(f"request {request_id} is {request.status}; only failed requests "
+                           "can be retried")
         retried = self.db.get_request(request_id)
         assert retried is not None
         return retried

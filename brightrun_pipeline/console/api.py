@@ -203,6 +203,19 @@ def submit_request(services: ServicesDep, identity: Editor, selection: Selection
     return queries.request_view(services.pipeline, request)
 
 
+@router.post("/requests/{request_id}/retry")
+def retry_request(services: ServicesDep, identity: Editor, request_id: str
+                  ) -> queries.RequestView:
+    """Put a failed request back to pending (409 when it has not failed); only its submitter
+    or an admin may."""
+    request = queries.get_request(services.pipeline, request_id)
+    if not identity.user.is_admin and request.requested_by != identity.user.name:
+        raise Forbidden(f"only {request.requested_by or 'its submitter'} or an admin may retry "
+                        f"request {request_id}")
+    return queries.request_view(services.pipeline,
+                                services.pipeline.retry_request(request_id))
+
+
 @router.get("/requests/{request_id}")
 def show_request(services: ServicesDep, _: Caller, request_id: str) -> queries.RequestView:
     """Where a selection request stands."""

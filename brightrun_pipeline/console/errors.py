@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brightrun_pipeline.errors import (
     BrightRunError,
+    Conflict,
     Forbidden,
     NotFound,
     RequestOutcomeError,
@@ -26,10 +27,6 @@ class Unauthorized(BrightRunError):
 
 class CsrfRejected(BrightRunError):
     """A browser form without the page's CSRF token."""
-
-
-class Conflict(BrightRunError):
-    """The request clashes with the current state (e.g. retrying a request that did not fail)."""
 
 
 class PayloadTooLarge(BrightRunError):
