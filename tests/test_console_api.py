@@ -1,0 +1,386 @@
+"""The console's JSON API on SQLite and PostgreSQL: every endpoint on real data, every error
+status in the one error shape, and who may do what (tokens, cookies, CSRF, owners, open access).
+
+One world per backend is seeded once for the module: the demo dataset, three users and two
+published training files (one of them with two versions). Tests that change the database use
+new file names or their own empty database, and every refused request is checked to change
+nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from psycopg import sql
+from seed import demo_dataset, eligible, is_eligible, seed_dataset
+
+from brightrun_pipeline.config import RetrySettings, Settings
+from brightrun_pipeline.console.app import MAX_BODY_BYTES, create_app
+from brightrun_pipeline.db.repository import Database, VersionRecord
+from brightrun_pipeline.db.schema import OWNED_TABLES, training_files, users
+from brightrun_pipeline.demo_data import DemoConversation, DemoDataset
+from brightrun_pipeline.errors import UsageError
+from brightrun_pipeline.factory import Services
+from brightrun_pipeline.service import Pipeline
+from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
+from brightrun_pipeline.users import add_user, token_hash
+
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+SOURCE_BUCKET = "conversation-files"
+TRAINING_BUCKET = "training-files"
+CORE_FILE = "Alice core file"
+ODD_FILE = 'Ünïcødé "quoted" / sl\\ash ✓'
+
+
+# --- Worlds -----------------------------------------------------------------------------------
+
+
+def _postgres_admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(POSTGRES_ADMIN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail("PostgreSQL must be running on 127.0.0.1:5432 (user postgres, trust auth) "
+                    f"for the console tests; connecting failed: {exc}", pytrace=False)
+
+
+@dataclass
+class World:
+    """A seeded database and store, its app, and the users that call it."""
+
+    backend: str
+    pipeline: Pipeline
+    services: Services
+    client: TestClient
+    dataset: DemoDataset
+    tokens: dict[str, str]
+    core_id: str
+    core_versions: list[VersionRecord]
+    odd_id: str
+    odd_versions: list[VersionRecord]
+
+    @property
+    def db(self) -> Database:
+        return self.pipeline.db
+
+    def auth(self, user: str) -> dict[str, str]:
+        """The Bearer header of a user."""
+        return {"Authorization": f"Bearer {self.tokens[user]}"}
+
+    def get(self, path: str, user: str = "alice", **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, headers=self.auth(user), **kwargs)
+
+    def post(self, path: str, user: str = "alice", **kwargs: Any) -> httpx.Response:
+        return self.client.post(path, headers=self.auth(user), **kwargs)
+
+    def conversation(self, prefix: str) -> DemoConversation:
+        """The dataset's conversation whose id starts with `prefix`."""
+        [found] = [c for c in self.dataset.conversations
+                   if c.conversation_id.startswith(prefix)]
+        return found
+
+
+def settings_for(url: str, directory: Path) -> Settings:
+    return Settings(database_url=url, storage_root=directory / "storage",
+                    dagster_home=directory / "dagster")
+
+
+def new_pipeline(url: str, store: ObjectStore, *, source_bucket: str = SOURCE_BUCKET,
+                 training_bucket: str = TRAINING_BUCKET) -> Pipeline:
+    """A pipeline on an upgraded database, the way conftest's make_pipeline builds one."""
+    database = Database(url)
+    database.upgrade()
+    store.ensure_bucket(source_bucket)
+    store.ensure_bucket(training_bucket)
+    return Pipeline(database, store, source_bucket=source_bucket,
+                    training_bucket=training_bucket, fetch_concurrency=4,
+                    retry=RetrySettings(attempts=3, base_delay=0.0, max_delay=0.0))
+
+
+def publish(pipeline: Pipeline, rows: list[DemoConversation], requested_by: str, *,
+            new_file_name: str | None = None, training_file: str | None = None
+            ) -> VersionRecord:
+    """One version built from a request submitted by `requested_by`, as the sensor would."""
+    request = pipeline.submit(conversation_ids=[c.conversation_id for c in rows],
+                              new_file_name=new_file_name, training_file=training_file,
+                              description="made for the console tests" if new_file_name else None,
+                              requested_by=requested_by)
+    assert pipeline.claim(request.id) is not None
+    return pipeline.run_request(request.id, f"run-{request.id[:8]}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[World]:
+    backend: str = request.param
+    directory = tmp_path_factory.mktemp(f"console-{backend}")
+    name = f"brightrun_console_{secrets.token_hex(6)}"
+    if backend == "sqlite":
+        url = f"sqlite:///{directory / 'brightrun.db'}"
+    else:
+        with _postgres_admin() as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    pipeline = new_pipeline(url, LocalObjectStore(directory / "storage"))
+    try:
+        dataset = demo_dataset()
+        seed_dataset(pipeline, dataset)
+        tokens = {user: add_user(pipeline.db, user, admin=user == "root")[1]
+                  for user in ("alice", "bob", "root")}
+        chosen = eligible(dataset)
+        # Batch one: a99d…, a0c7…, f39b… eligible, 75c6… failed. Batch two: 81ed…, 3925…,
+        # 3350… eligible, 5ea3… without a file. 845d… is in no batch.
+        core_v1 = publish(pipeline, chosen[:2], "alice", new_file_name=CORE_FILE)
+        core_v2 = publish(pipeline, [chosen[3]], "root", training_file=core_v1.training_file_id)
+        odd_v1 = publish(pipeline, [chosen[4]], "bob", new_file_name=ODD_FILE)
+        services = Services(settings_for(url, directory), pipeline)
+        client = TestClient(create_app(services), raise_server_exceptions=False)
+        yield World(backend, pipeline, services, client, dataset, tokens,
+                    core_v1.training_file_id, [core_v1, core_v2],
+                    odd_v1.training_file_id, [odd_v1])
+        client.close()
+    finally:
+        pipeline.db.dispose()
+        if backend == "postgresql":
+            with _postgres_admin() as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)))
+
+
+# --- Helpers ----------------------------------------------------------------------------------
+
+
+def snapshot(db: Database) -> dict[str, list[str]]:
+    """Every row the pipeline owns (requests, files, versions, members, users, …)."""
+    with db.engine.connect() as connection:
+        return {table.name: sorted(repr(tuple(row)) for row in
+                                   connection.execute(sa.select(table)))
+                for table in OWNED_TABLES}
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The error of a refused API call: the status, and the one JSON shape (no stack trace)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    body = response.json()
+    assert list(body) == ["error"], body
+    error = body["error"]
+    assert set(error) == {"message", "conversations"}, body
+    assert isinstance(error["message"], str) and error["message"], body
+    assert isinstance(error["conversations"], dict), body
+    return error
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def ids(rows: list[dict[str, Any]]) -> list[str]:
+    return [row["conversation_id"] for row in rows]
+
+
+def listing(world: World, **params: Any) -> dict[str, Any]:
+    response = world.get("/api/conversations", params={"page_size": 500, **params})
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+# --- Reading the catalog ----------------------------------------------------------------------
+
+
+def test_whoami(world: World) -> None:
+    assert world.get("/api/me", "alice").json() == {
+        "name": "alice", "admin": False, "signed_in_via": "bearer"}
+    assert world.get("/api/me", "root").json()["admin"] is True
+
+
+def expected_values(conversation: DemoConversation) -> dict[str, Any]:
+    """What each sort of the listing compares, from the seeded rows."""
+    row = conversation.row
+    return {"conversation_id": conversation.conversation_id, "batch_id": conversation.batch_id,
+            "title": row["title"], "status": row["enrichment_status"],
+            "persona": row["persona_key"], "arc": row["emotional_arc_key"],
+            "topic": row["topic_key"], "tier": row["tier"], "quality": row["quality_score"],
+            "created": row["created_at"], "updated": row["updated_at"],
+            "eligible": is_eligible(conversation)}
+
+
+def expected_order(world: World, sort: str, desc: bool) -> list[str]:
+    """Conversation ids sorted by one column, missing values last either way, ties by id."""
+    values = [expected_values(c) for c in world.dataset.conversations]
+    present = [v for v in values if v[sort] is not None]
+    missing = [v for v in values if v[sort] is None]
+    present.sort(key=lambda v: v["conversation_id"])
+    # A reversed sort is stable too: ties keep their id order.
+    present.sort(key=lambda v: v[sort], reverse=desc)
+    missing.sort(key=lambda v: v["conversation_id"])
+    return [v["conversation_id"] for v in present + missing]
+
+
+SORTS = ["conversation_id", "batch_id", "title", "status", "persona", "arc", "topic", "tier",
+         "quality", "created", "updated", "eligible"]
+
+
+@pytest.mark.parametrize("sort", SORTS)
+def test_every_sort_orders_the_whole_listing_both_ways(world: World, sort: str) -> None:
+    for desc in (False, True):
+        page = listing(world, sort=sort, desc=str(desc).lower())
+        assert page["total"] == len(world.dataset.conversations) == 9
+        assert ids(page["rows"]) == expected_order(world, sort, desc), (sort, desc)
+
+
+def test_batch_id_sort_groups_batches_with_the_unbatched_last(world: World) -> None:
+    first, second = sorted(b.id for b in world.dataset.batches)
+    ascending = [r["batch_id"] for r in listing(world, sort="batch_id")["rows"]]
+    descending = [r["batch_id"] for r in listing(world, sort="batch_id", desc="true")["rows"]]
+    assert ascending == [first] * 4 + [second] * 4 + [None]
+    assert descending == [second] * 4 + [first] * 4 + [None]
+
+
+def test_every_filter_keeps_what_it_names(world: World) -> None:
+    dataset = world.dataset
+    batch = dataset.batches[0].id
+
+    def kept(**params: Any) -> set[str]:
+        page = listing(world, sort="conversation_id", **params)
+        assert page["total"] == len(page["rows"])
+        return set(ids(page["rows"]))
+
+    def where(test: Any) -> set[str]:
+        return {c.conversation_id for c in dataset.conversations if test(c)}
+
+    assert kept(batch_id=batch) == where(lambda c: c.batch_id == batch)
+    assert len(kept(batch_id=batch)) == 4
+    # The filter takes a UUID in any case.
+    assert kept(batch_id=batch.upper()) == kept(batch_id=batch)
+    assert kept(status="failed") == where(lambda c: c.row["enrichment_status"] == "failed")
+    assert len(kept(status="failed")) == 1
+    assert kept(persona="anxious_planner") == where(
+        lambda c: c.row["persona_key"] == "anxious_planner")
+    assert kept(arc="grief_to_stability") == where(
+        lambda c: c.row["emotional_arc_key"] == "grief_to_stability")
+    assert kept(topic="mortgage_payoff_strategy") == where(
+        lambda c: c.row["topic_key"] == "mortgage_payoff_strategy")
+    assert kept(tier="scenario") == where(lambda c: c.row["tier"] == "scenario")
+    assert kept(eligible="true") == where(is_eligible)
+    assert kept(eligible="false") == where(lambda c: not is_eligible(c))
+    assert len(kept(eligible="false")) == 2
+    # Text search: titles, case-insensitively, and conversation ids; wildcards are literal.
+    assert kept(q="emergency FUND") == where(lambda c: "Emergency Fund" in c.row["title"])
+    assert len(kept(q="emergency FUND")) == 2
+    target = dataset.conversations[5].conversation_id
+    assert kept(q=target[:13]) == {target}
+    assert kept(q="%") == set()
+    assert kept(q="_") == set()
+    core = {c.conversation_id for c in eligible(dataset)[:2]} | {
+        eligible(dataset)[3].conversation_id}
+    assert kept(file=world.core_id) == core
+    assert kept(file=world.odd_id) == {eligible(dataset)[4].conversation_id}
+    # Filters combine.
+    assert kept(persona="anxious_planner", eligible="true") == where(
+        lambda c: c.row["persona_key"] == "anxious_planner" and is_eligible(c))
+    assert len(kept(persona="anxious_planner", eligible="true")) == 3
+    assert kept(batch_id=batch, file=world.core_id) == {
+        c.conversation_id for c in eligible(dataset)[:2]}
+
+
+def test_rows_carry_eligibility_and_the_files_holding_them(world: World) -> None:
+    rows = {r["conversation_id"]: r for r in listing(world)["rows"]}
+    chosen = eligible(world.dataset)
+    for conversation in world.dataset.conversations:
+        row = rows[conversation.conversation_id]
+        assert row["eligible"] is is_eligible(conversation)
+        assert (row["ineligible_reason"] is None) is is_eligible(conversation)
+        assert row["title"] == conversation.row["title"]
+        assert row["batch_id"] == conversation.batch_id
+    failed = rows[world.conversation("75c6").conversation_id]
+    assert "enrichment_status is 'failed'" in failed["ineligible_reason"]
+    assert "enriched_file_path is null" in rows[
+        world.conversation("5ea3").conversation_id]["ineligible_reason"]
+    files = {cid: [(f["id"], f["name"], f["added_in_version"]) for f in row["files"]]
+             for cid, row in rows.items()}
+    assert files[chosen[0].conversation_id] == [(world.core_id, CORE_FILE, 1)]
+    assert files[chosen[1].conversation_id] == [(world.core_id, CORE_FILE, 1)]
+    assert files[chosen[3].conversation_id] == [(world.core_id, CORE_FILE, 2)]
+    assert files[chosen[4].conversation_id] == [(world.odd_id, ODD_FILE, 1)]
+    held = {chosen[i].conversation_id for i in (0, 1, 3, 4)}
+    assert all(files[cid] == [] for cid in rows if cid not in held)
+
+
+def test_paging(world: World) -> None:
+    whole = ids(listing(world, sort="conversation_id")["rows"])
+    pages = []
+    for number in range(1, 6):
+        response = world.get("/api/conversations", params={
+            "sort": "conversation_id", "page": number, "page_size": 2})
+        page = response.json()
+        assert (page["page"], page["page_size"], page["total"], page["pages"]) == (
+            number, 2, 9, 5)
+        pages.append(ids(page["rows"]))
+    assert [len(p) for p in pages] == [2, 2, 2, 2, 1]
+    assert [cid for p in pages for cid in p] == whole
+    beyond = world.get("/api/conversations", params={"page": 6, "page_size": 2}).json()
+    assert (beyond["rows"], beyond["total"], beyond["pages"]) == ([], 9, 5)
+    # The defaults: page 1 of 50.
+    default = world.get("/api/conversations").json()
+    assert (default["page"], default["page_size"], default["pages"]) == (1, 50, 1)
+    nothing = world.get("/api/conversations", params={"q": "no such title"}).json()
+    assert (nothing["rows"], nothing["total"], nothing["pages"]) == ([], 0, 1)
+
+
+def test_choices(world: World) -> None:
+    rows = [c.row for c in world.dataset.conversations]
+
+    def distinct(column: str) -> list[str]:
+        return sorted({r[column] for r in rows if r[column] is not None})
+
+    assert world.get("/api/choices").json() == {
+        "statuses": distinct("enrichment_status"), "personas": distinct("persona_key"),
+        "arcs": distinct("emotional_arc_key"), "topics": distinct("topic_key"),
+        "tiers": distinct("tier")}
+
+
+def test_batches(world: World) -> None:
+    listed = world.get("/api/batches").json()
+    by_date = sorted(world.dataset.batches, key=lambda b: b.created_at, reverse=True)
+    assert [b["id"] for b in listed] == [b.id for b in by_date]
+    for shown, batch in zip(listed, by_date, strict=True):
+        members = [c for c in world.dataset.conversations if c.batch_id == batch.id]
+        assert (shown["name"], shown["status"], shown["tier"]) == (
+            batch.name, batch.status, batch.tier)
+        assert shown["conversations"] == len(members) == 4
+        assert shown["eligible"] == sum(map(is_eligible, members)) == 3
+
+
+def test_eligible_in_a_batch_for_a_new_and_for_an_existing_file(world: World) -> None:
+    batch = world.dataset.batches[0].id
+    members = [c for c in world.dataset.conversations if c.batch_id == batch]
+    failed = world.conversation("75c6").conversation_id
+    fresh = world.get(f"/api/batches/{batch}/eligible").json()
+    assert fresh["batch_id"] == batch
+    assert fresh["conversation_ids"] == [c.conversation_id for c in members if is_eligible(c)]
+    assert list(fresh["left_out"]) == [failed]
+    assert "enrichment_status is 'failed'" in fresh["left_out"][failed]
+
+    for ref in (world.core_id, CORE_FILE.upper()):
+        existing = world.get(f"/api/batches/{batch}/eligible", params={"file": ref}).json()
+        chosen = eligible(world.dataset)
+        assert existing["conversation_ids"] == [chosen[2].conversation_id]
+        assert existing["left_out"] == {
+            chosen[0].conversation_id: "already in the file (added in version 1)",
+            chosen[1].conversation_id: "already in the file (added in version 1)",
+            failed: fresh["left_out"][failed]}
