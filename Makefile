@@ -33,9 +33,12 @@ soak: $(STAMP)
 	BRIGHTRUN_SOAK_RANDOM_KILLS=200 BRIGHTRUN_SOAK_CLI_ROUNDS=25 BRIGHTRUN_SOAK_DAEMON_REQUESTS=28 \
 		$(BIN)/pytest -q -s tests/test_crash.py tests/test_daemon_crash.py tests/test_concurrency.py
 
-## Dagster UI + daemon (sensor and schedule running) on http://127.0.0.1:3000; Ctrl-C stops it.
+## The curators' console on http://127.0.0.1:8000 next to the Dagster UI + daemon (sensor and
+## schedule running) on http://127.0.0.1:3000; Ctrl-C stops both.
 dev: $(STAMP)
 	$(BIN)/brightrun init
+	$(BIN)/brightrun console --host 127.0.0.1 --port 8000 & console=$$!; \
+	trap 'kill $$console 2>/dev/null' EXIT; \
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.brightrun/dagster} \
 		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
