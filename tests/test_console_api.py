@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import re
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -384,3 +385,170 @@ def test_eligible_in_a_batch_for_a_new_and_for_an_existing_file(world: World) ->
             chosen[0].conversation_id: "already in the file (added in version 1)",
             chosen[1].conversation_id: "already in the file (added in version 1)",
             failed: fresh["left_out"][failed]}
+
+
+# --- Training files, versions and lineage -----------------------------------------------------
+
+
+def header_of(world: World, record: VersionRecord) -> dict[str, Any]:
+    """The `training_file_metadata` of a published version, parsed from its whole JSON."""
+    document = orjson.loads(world.pipeline.store.get_bytes(TRAINING_BUCKET, record.json_key))
+    header: dict[str, Any] = document["training_file_metadata"]
+    return header
+
+
+def test_files_list_figures_match_the_current_version(world: World) -> None:
+    listed = {f["id"]: f for f in world.get("/api/files", "bob").json()}
+    assert set(listed) == {world.core_id, world.odd_id}
+    for file_id, name, owner, versions in (
+            (world.core_id, CORE_FILE, "alice", world.core_versions),
+            (world.odd_id, ODD_FILE, "bob", world.odd_versions)):
+        shown, current = listed[file_id], versions[-1]
+        assert (shown["name"], shown["owner"], shown["current_version"]) == (
+            name, owner, current.version)
+        assert (shown["conversations"], shown["training_pairs"], shown["trainable_pairs"]) == (
+            current.conversation_count, current.training_pair_count,
+            current.trainable_pair_count)
+        assert (shown["json_bytes"], shown["jsonl_bytes"]) == (
+            current.json_size, current.jsonl_size)
+        header = header_of(world, current)
+        assert shown["quality"] == header["quality_summary"]
+        assert shown["quality"]["avg_quality_score"] is not None
+        assert shown["scaffolding_distribution"] == header["scaffolding_distribution"]
+        assert shown["scaffolding_distribution"]
+    core = listed[world.core_id]
+    assert core["conversations"] == 3 and core["training_pairs"] > 0
+    assert core["description"] == "made for the console tests"
+
+
+def test_file_detail_and_versions(world: World) -> None:
+    listed = {f["id"]: f for f in world.get("/api/files").json()}
+    by_id = world.get(f"/api/files/{world.core_id}").json()
+    # By name too, case-insensitively.
+    assert world.get(f"/api/files/{CORE_FILE.lower()}").json() == by_id
+    assert by_id["file"] == listed[world.core_id]
+    versions = by_id["versions"]
+    assert world.get(f"/api/files/{world.core_id}/versions").json() == versions
+    assert [v["version"] for v in versions] == [2, 1]
+    assert [v["requested_by"] for v in versions] == [["root"], ["alice"]]
+    for shown, record in zip(versions, reversed(world.core_versions), strict=True):
+        assert shown["request_ids"] == record.request_ids and len(record.request_ids) == 1
+        request = world.db.get_request(record.request_ids[0])
+        assert request is not None and request.result_version == record.version
+        assert (shown["json_sha256"], shown["jsonl_sha256"], shown["manifest_sha256"]) == (
+            record.json_sha256, record.jsonl_sha256, record.manifest_sha256)
+        store = world.pipeline.store
+        assert shown["json_sha256"] == sha256(store.get_bytes(TRAINING_BUCKET, record.json_key))
+        assert shown["jsonl_sha256"] == sha256(
+            store.get_bytes(TRAINING_BUCKET, record.jsonl_key))
+        assert shown["manifest_sha256"] == sha256(
+            store.get_bytes(TRAINING_BUCKET, record.manifest_key))
+        assert (shown["conversations"], shown["json_bytes"], shown["jsonl_bytes"]) == (
+            record.conversation_count, record.json_size, record.jsonl_size)
+    odd = world.get(f"/api/files/{world.odd_id}", "root").json()
+    assert odd["file"]["name"] == ODD_FILE
+    assert [v["requested_by"] for v in odd["versions"]] == [["bob"]]
+
+
+def test_lineage_of_a_file_version(world: World) -> None:
+    chosen = eligible(world.dataset)
+    current = world.get(f"/api/files/{world.core_id}/lineage").json()
+    pinned = world.get(f"/api/files/{world.core_id}/lineage", params={"version": 1}).json()
+    assert world.get(f"/api/files/{CORE_FILE}/lineage", params={"version": 2}).json() == current
+    assert ids(current) == [chosen[i].conversation_id for i in (0, 1, 3)]
+    assert ids(pinned) == [chosen[i].conversation_id for i in (0, 1)]
+    assert [r["added_in_version"] for r in current] == [1, 1, 2]
+    for row in current:
+        conversation = world.conversation(row["conversation_id"])
+        assert conversation.file_bytes is not None
+        assert row["source_sha256"] == sha256(conversation.file_bytes)
+        assert row["source_key"] == conversation.row["enriched_file_path"]
+        assert row["batch_id"] == conversation.batch_id
+        assert (row["persona"], row["arc"], row["topic"], row["quality"]) == (
+            conversation.row["persona_key"], conversation.row["emotional_arc_key"],
+            conversation.row["topic_key"], conversation.row["quality_score"])
+        assert row["pair_count"] > 0
+
+
+def test_lineage_of_a_conversation(world: World) -> None:
+    chosen = eligible(world.dataset)
+
+    def lineage(conversation: DemoConversation) -> list[dict[str, Any]]:
+        response = world.get(f"/api/conversations/{conversation.conversation_id}/lineage")
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        return found
+
+    first, later, unused = chosen[0], chosen[3], chosen[2]
+    assert first.file_bytes is not None and later.file_bytes is not None
+    assert lineage(first) == [{
+        "training_file_id": world.core_id, "file_name": CORE_FILE, "added_in_version": 1,
+        "current_version": 2, "versions": [1, 2], "source_sha256": sha256(first.file_bytes)}]
+    assert lineage(later) == [{
+        "training_file_id": world.core_id, "file_name": CORE_FILE, "added_in_version": 2,
+        "current_version": 2, "versions": [2], "source_sha256": sha256(later.file_bytes)}]
+    assert lineage(unused) == []
+    assert [a["file_name"] for a in lineage(chosen[4])] == [ODD_FILE]
+
+
+# --- Downloads --------------------------------------------------------------------------------
+
+SAFE_DISPOSITION = r'attachment; filename="[A-Za-z0-9._-]+"'
+MEDIA = {"json": "application/json", "jsonl": "application/x-ndjson",
+         "manifest": "application/json"}
+
+
+def published(world: World, record: VersionRecord, fmt: str) -> tuple[bytes, str]:
+    """The published bytes of one output of a version, and the hash its row records."""
+    key, digest = {"json": (record.json_key, record.json_sha256),
+                   "jsonl": (record.jsonl_key, record.jsonl_sha256),
+                   "manifest": (record.manifest_key, record.manifest_sha256)}[fmt]
+    return world.pipeline.store.get_bytes(TRAINING_BUCKET, key), digest
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "manifest"])
+def test_download_the_current_and_a_pinned_version(world: World, fmt: str) -> None:
+    v1, v2 = world.core_versions
+    suffix = {"json": ".json", "jsonl": ".jsonl", "manifest": ".manifest.json"}[fmt]
+    for params, record in (({}, v2), ({"version": 2}, v2), ({"version": 1}, v1)):
+        response = world.get(f"/api/files/{world.core_id}/download", "bob",
+                             params={"format": fmt, **params})
+        assert response.status_code == 200, response.text
+        data, digest = published(world, record, fmt)
+        assert response.content == data
+        assert sha256(response.content) == digest
+        assert response.headers["content-type"].startswith(MEDIA[fmt])
+        assert response.headers["content-disposition"] == (
+            f'attachment; filename="Alice-core-file-v{record.version}{suffix}"')
+        if fmt != "manifest":
+            assert int(response.headers["content-length"]) == len(data)
+    assert v1.json_sha256 != v2.json_sha256
+    # JSON is the default format.
+    default = world.get(f"/api/files/{CORE_FILE}/download")
+    assert default.content == published(world, v2, "json")[0]
+
+
+def test_download_names_are_safe_whatever_the_file_is_called(world: World) -> None:
+    [record] = world.odd_versions
+    response = world.get(f"/api/files/{world.odd_id}/download", params={"format": "jsonl"})
+    assert response.status_code == 200
+    assert response.content == published(world, record, "jsonl")[0]
+    disposition = response.headers["content-disposition"]
+    assert disposition == 'attachment; filename="n-c-d-quoted-sl-ash-v1.jsonl"', disposition
+    # A name that reached the database by other means (CR, LF, a header of its own) stays out of
+    # the response headers too.
+    hostile = 'evil"\r\nSet-Cookie: brightrun_token=stolen\r\n\r\n<script>'
+    with world.db.engine.begin() as connection:
+        connection.execute(sa.update(training_files).where(
+            training_files.c.id == world.odd_id).values(name=hostile))
+    try:
+        response = world.get(f"/api/files/{world.odd_id}/download")
+    finally:
+        with world.db.engine.begin() as connection:
+            connection.execute(sa.update(training_files).where(
+                training_files.c.id == world.odd_id).values(name=ODD_FILE))
+    assert response.status_code == 200
+    assert "set-cookie" not in response.headers
+    disposition = response.headers["content-disposition"]
+    assert re.fullmatch(SAFE_DISPOSITION, disposition), disposition
+    assert response.content == published(world, record, "json")[0]
