@@ -18,7 +18,12 @@ from pydantic import BaseModel, Field
 from brightrun_pipeline.db.repository import CatalogRow, TrainingFileRecord, VersionRecord
 from brightrun_pipeline.errors import NotFound, RequestRejected, UsageError
 from brightrun_pipeline.models import Manifest, SelectionRequest
-from brightrun_pipeline.rules import ConversationFacts, ineligibility_reason, normalize_uuid
+from brightrun_pipeline.rules import (
+    ConversationFacts,
+    already_in,
+    ineligibility_reason,
+    normalize_uuid,
+)
 
 if TYPE_CHECKING:
     from brightrun_pipeline.service import Pipeline
@@ -196,15 +201,17 @@ def eligible_in_batch(pipeline: Pipeline, batch_id: str, file_id: str | None
     if not pipeline.db.batch_exists(batch):
         raise NotFound(f"no batch with id {batch}")
     rows = pipeline.db.list_conversations(batch_id=batch, sort="created_at")
-    members = (pipeline.db.member_versions(file_id, [r.conversation_id for r in rows])
-               if file_id else {})
+    file = pipeline.db.get_file(file_id) if file_id else None
+    members = (pipeline.db.member_versions(file.id, [r.conversation_id for r in rows])
+               if file else {})
     kept: list[str] = []
     left_out: dict[str, str] = {}
     for row in rows:
         reason = ineligibility_reason(
             ConversationFacts(row.conversation_id, row.enrichment_status, row.enriched_file_path))
         if reason is None and row.conversation_id in members:
-            reason = f"already in the file (added in version {members[row.conversation_id]})"
+            assert file is not None
+            reason = already_in(f"training file {file.name!r}", members[row.conversation_id])
         if reason is None:
             kept.append(row.conversation_id)
         else:

@@ -78,6 +78,11 @@ def ineligibility_reason(facts: ConversationFacts) -> str | None:
     return "; ".join(reasons) or None
 
 
+def already_in(file_label: str, version: int) -> str:
+    """Why a conversation cannot be added to a file that already holds it."""
+    return f"already in {file_label} (added in version {version})"
+
+
 def check_selection(
     raw_ids: Sequence[object],
     facts: Mapping[str, ConversationFacts],
@@ -109,7 +114,7 @@ def check_selection(
             if reason:
                 problems.append(reason)
         if cid in members:
-            problems.append(f"already in {file_label} (added in version {members[cid]})")
+            problems.append(already_in(file_label, members[cid]))
         if problems:
             reasons[cid] = "; ".join(problems)
     if reasons:

@@ -967,7 +967,7 @@ def test_only_eligible_leaves_out_what_cannot_go_in(world: World, cli: Cli) -> N
     again = cli("files", "add", name, "--batch", world.sources.mixed_batch.id,
                 "--only-eligible", "--wait").expect(3)
     assert "no eligible conversation" in again.err
-    assert "already in the file" in again.err
+    assert f"already in training file {name!r}" in again.err
     assert world.snapshot() == before
 
 
