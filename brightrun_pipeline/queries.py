@@ -250,10 +250,10 @@ def check_selection(pipeline: Pipeline, conversation_ids: list[Any], *,
                   f"new training file {new_file_name!r}")
         return SelectionCheck(ok=False, target=target, message=rejection.message,
                               conversations=dict(rejection.conversations))
-    target = (f"training file {valid.existing.name!r}" if valid.existing else
-              f"new training file {valid.new_name!r}")
+    target = (f"training file {valid.existing_file.name!r}" if valid.existing_file else
+              f"new training file {valid.new_file_name!r}")
     return SelectionCheck(ok=True, target=target,
-                          message=f"{len(valid.conversations)} conversations can be added "
+                          message=f"{len(valid.rows)} conversations can be added "
                                   f"to {target}")
 
 

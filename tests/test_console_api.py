@@ -14,6 +14,7 @@ import hashlib
 import re
 import secrets
 import uuid
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,10 +382,10 @@ def test_eligible_in_a_batch_for_a_new_and_for_an_existing_file(world: World) ->
         existing = world.get(f"/api/batches/{batch}/eligible", params={"file": ref}).json()
         chosen = eligible(world.dataset)
         assert existing["conversation_ids"] == [chosen[2].conversation_id]
-        assert existing["left_out"] == {
-            chosen[0].conversation_id: "already in the file (added in version 1)",
-            chosen[1].conversation_id: "already in the file (added in version 1)",
-            failed: fresh["left_out"][failed]}
+        already = f"already in training file {CORE_FILE!r} (added in version 1)"
+        assert existing["left_out"] == {chosen[0].conversation_id: already,
+                                        chosen[1].conversation_id: already,
+                                        failed: fresh["left_out"][failed]}
 
 
 # --- Training files, versions and lineage -----------------------------------------------------
@@ -552,3 +553,151 @@ def test_download_names_are_safe_whatever_the_file_is_called(world: World) -> No
     disposition = response.headers["content-disposition"]
     assert re.fullmatch(SAFE_DISPOSITION, disposition), disposition
     assert response.content == published(world, record, "json")[0]
+
+
+
+# --- Checking and submitting selections -------------------------------------------------------
+
+
+def rejected_selection(world: World) -> tuple[list[str], dict[str, str]]:
+    """A selection for the core file with one conversation per reason, and the reason each gets
+    (a fragment of it)."""
+    chosen = eligible(world.dataset)
+    failed = world.conversation("75c6").conversation_id
+    no_file = world.conversation("5ea3").conversation_id
+    unknown = str(uuid.uuid4())
+    repeated = chosen[2].conversation_id
+    selection = [failed, no_file, chosen[0].conversation_id, repeated, unknown, "not-a-uuid",
+                 repeated.upper(), chosen[3].conversation_id]
+    reasons = {
+        failed: "enrichment_status is 'failed', not 'completed'",
+        no_file: "enriched_file_path is null",
+        chosen[0].conversation_id: f"already in training file {CORE_FILE!r} (added in version 1)",
+        repeated: "repeated in the request (2 times)",
+        unknown: "unknown conversation ID",
+        "not-a-uuid": "not a conversation ID (expected a UUID)",
+        chosen[3].conversation_id: f"already in training file {CORE_FILE!r} (added in version 2)",
+    }
+    return selection, reasons
+
+
+def test_validate_a_selection(world: World) -> None:
+    chosen = eligible(world.dataset)
+    before = snapshot(world.db)
+    ok = world.post("/api/selections/validate", json={
+        "conversation_ids": [chosen[2].conversation_id], "training_file": world.core_id})
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"ok": True, "target": f"training file {CORE_FILE!r}",
+                         "message": f"1 conversations can be added to training file "
+                                    f"{CORE_FILE!r}", "conversations": {}}
+    # A new file may take what the core file already holds.
+    fresh = world.post("/api/selections/validate", json={
+        "conversation_ids": [c.conversation_id for c in chosen[:3]],
+        "new_file_name": "Validated only"}).json()
+    assert (fresh["ok"], fresh["target"]) == (True, "new training file 'Validated only'")
+
+    selection, reasons = rejected_selection(world)
+    bad = world.post("/api/selections/validate", json={
+        "conversation_ids": selection, "training_file": CORE_FILE})
+    assert bad.status_code == 200, bad.text
+    check = bad.json()
+    assert check["ok"] is False
+    assert check["message"] == (f"7 of 8 conversations cannot be added to training file "
+                                f"{CORE_FILE!r}")
+    assert set(check["conversations"]) == set(reasons)
+    for cid, reason in reasons.items():
+        assert reason in check["conversations"][cid], (cid, check["conversations"][cid])
+    # Both reasons when a conversation breaks two rules.
+    failed = world.conversation("75c6").conversation_id
+    assert "enriched_file_path is null" in check["conversations"][failed]
+
+    over = world.post("/api/selections/validate", json={
+        "conversation_ids": [str(uuid.uuid4()) for _ in range(81)],
+        "new_file_name": "Too big"}).json()
+    assert over["ok"] is False
+    assert "at most 80 conversations; this one holds 81" in over["message"]
+    empty = world.post("/api/selections/validate", json={
+        "conversation_ids": [], "new_file_name": "Empty"}).json()
+    assert (empty["ok"], empty["message"]) == (False, "a request needs at least one conversation")
+    taken = world.post("/api/selections/validate", json={
+        "conversation_ids": [chosen[2].conversation_id],
+        "new_file_name": CORE_FILE.upper()}).json()
+    assert taken["ok"] is False and "already exists" in taken["message"]
+    assert snapshot(world.db) == before
+
+
+def test_submit_stores_a_pending_request_for_its_user(world: World) -> None:
+    chosen = eligible(world.dataset)
+    before = snapshot(world.db)
+    selection = [chosen[2].conversation_id, chosen[5].conversation_id.upper()]
+    response = world.post("/api/requests", "bob", json={
+        "conversation_ids": selection, "new_file_name": "Bob second file",
+        "description": "two more"})
+    assert response.status_code == 202, response.text
+    view = response.json()
+    assert (view["status"], view["finished"], view["requested_by"]) == ("pending", False, "bob")
+    assert (view["new_file_name"], view["conversation_count"], view["attempts"]) == (
+        "Bob second file", 2, 0)
+    stored = world.db.get_request(view["id"])
+    assert stored is not None
+    assert (stored.status, stored.requested_by, stored.new_file_name) == (
+        "pending", "bob", "Bob second file")
+    assert stored.new_file_description == "two more"
+    assert [cid.lower() for cid in stored.conversation_ids] == [cid.lower() for cid in selection]
+    after = snapshot(world.db)
+    added = set(after["selection_requests"]) - set(before["selection_requests"])
+    assert len(added) == 1 and view["id"] in next(iter(added))
+    assert {k: v for k, v in after.items() if k != "selection_requests"} == {
+        k: v for k, v in before.items() if k != "selection_requests"}
+    # Anyone signed in may follow it.
+    assert world.get(f"/api/requests/{view['id']}", "alice").json() == view
+
+
+def test_submit_refuses_what_validate_refuses_and_stores_nothing(world: World) -> None:
+    selection, reasons = rejected_selection(world)
+    before = snapshot(world.db)
+    response = world.post("/api/requests", json={"conversation_ids": selection,
+                                                 "training_file": world.core_id})
+    error = error_of(response, 422)
+    assert error["message"] == (f"7 of 8 conversations cannot be added to training file "
+                                f"{CORE_FILE!r}")
+    assert set(error["conversations"]) == set(reasons)
+    for cid, reason in reasons.items():
+        assert reason in error["conversations"][cid]
+    over = error_of(world.post("/api/requests", json={
+        "conversation_ids": [str(uuid.uuid4()) for _ in range(81)],
+        "new_file_name": "Too big"}), 422)
+    assert "at most 80" in over["message"]
+    for body in ({"conversation_ids": [], "new_file_name": "Empty"},
+                 {"conversation_ids": [eligible(world.dataset)[2].conversation_id],
+                  "new_file_name": ODD_FILE}):
+        error_of(world.post("/api/requests", json=body), 422)
+    assert snapshot(world.db) == before
+
+
+def test_only_the_creator_or_an_admin_may_add_to_a_file(world: World) -> None:
+    candidate = eligible(world.dataset)[2].conversation_id
+    body = {"conversation_ids": [candidate], "training_file": world.core_id}
+    before = snapshot(world.db)
+    for path in ("/api/selections/validate", "/api/requests"):
+        error = error_of(world.post(path, "bob", json=body), 403)
+        assert "only the creator of 'Alice core file' (alice) or an admin" in error["message"]
+    error_of(world.post("/api/requests", "alice", json={
+        "conversation_ids": [candidate], "training_file": ODD_FILE}), 403)
+    assert snapshot(world.db) == before
+    # Everyone signed in may still view and download it.
+    assert world.get(f"/api/files/{world.core_id}", "bob").status_code == 200
+    assert world.get(f"/api/files/{world.core_id}/download", "bob").status_code == 200
+
+    assert world.post("/api/selections/validate", "root", json=body).json()["ok"] is True
+    for user in ("root", "alice"):
+        response = world.post("/api/requests", user, json=body)
+        assert response.status_code == 202, response.text
+        assert response.json()["requested_by"] == user
+        assert response.json()["training_file_id"] == world.core_id
+        assert response.json()["training_file_name"] == CORE_FILE
+        stored = world.db.get_request(response.json()["id"])
+        assert stored is not None and stored.requested_by == user
+    # The file now has requests waiting for the sensor.
+    summary = world.get(f"/api/files/{world.core_id}").json()["file"]
+    assert summary["busy"] is True and len(summary["open_requests"]) == 2
