@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 import psycopg
@@ -701,3 +702,188 @@ def test_only_the_creator_or_an_admin_may_add_to_a_file(world: World) -> None:
     # The file now has requests waiting for the sensor.
     summary = world.get(f"/api/files/{world.core_id}").json()["file"]
     assert summary["busy"] is True and len(summary["open_requests"]) == 2
+
+
+# --- Every error status, in the one shape, changing nothing -----------------------------------
+
+
+def test_400_for_malformed_references_and_targets(world: World) -> None:
+    before = snapshot(world.db)
+    candidate = eligible(world.dataset)[2].conversation_id
+    for path, params in (("/api/conversations", {"batch_id": "batch-1"}),
+                         ("/api/conversations", {"file": CORE_FILE}),
+                         ("/api/batches/batch-1/eligible", {}),
+                         ("/api/conversations/not-a-uuid/lineage", {})):
+        error = error_of(world.get(path, params=params), 400)
+        assert "UUID" in error["message"], error
+    for path in ("/api/selections/validate", "/api/requests"):
+        for body in ({"conversation_ids": [candidate], "training_file": world.core_id,
+                      "new_file_name": "Both"},
+                     {"conversation_ids": [candidate]}):
+            error = error_of(world.post(path, json=body), 400)
+            assert "exactly one target" in error["message"]
+    assert snapshot(world.db) == before
+
+
+BAD_AUTHORIZATIONS = ["", "Bearer", "Bearer ", "Bearer brt_not-a-real-token", "Bearer not-ours",
+                      "Basic YWxpY2U6c2VjcmV0", "Token {token}", "Bearer {token}x",
+                      "{token}", "Bearer " + "x" * 5000]
+
+
+def test_401_without_a_valid_token(world: World) -> None:
+    before = snapshot(world.db)
+    client = TestClient(world.client.app, raise_server_exceptions=False)
+    body = {"conversation_ids": [eligible(world.dataset)[2].conversation_id],
+            "new_file_name": "Never stored"}
+    calls = [("GET", "/api/me"), ("GET", "/api/conversations"), ("GET", "/api/files"),
+             ("GET", f"/api/files/{world.core_id}/download"), ("POST", "/api/requests"),
+             ("POST", "/api/selections/validate")]
+    for method, path in calls:
+        response = client.request(method, path, json=body if method == "POST" else None)
+        error_of(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer"
+    for header in BAD_AUTHORIZATIONS:
+        value = header.format(token=world.tokens["alice"])
+        for method, path in calls[:1] + calls[4:5]:
+            response = client.request(method, path, headers={"Authorization": value},
+                                      json=body if method == "POST" else None)
+            error_of(response, 401)
+            assert response.headers["www-authenticate"] == "Bearer"
+    # A sign-in cookie that belongs to nobody is no better.
+    for token in ("brt_forged", world.tokens["alice"] + "x"):
+        cookied = TestClient(world.client.app, raise_server_exceptions=False,
+                             cookies={"brightrun_token": token})
+        error_of(cookied.get("/api/me"), 401)
+    assert snapshot(world.db) == before
+
+
+def test_404_for_what_does_not_exist(world: World) -> None:
+    before = snapshot(world.db)
+    unknown = str(uuid.uuid4())
+    candidate = eligible(world.dataset)[2].conversation_id
+    paths = [f"/api/files/{unknown}", "/api/files/No such file",
+             "/api/files/No such file/versions", "/api/files/No such file/lineage",
+             f"/api/files/{unknown}/download", f"/api/requests/{unknown}",
+             "/api/requests/not-a-request", f"/api/conversations/{unknown}/lineage",
+             f"/api/batches/{unknown}/eligible", "/api/nothing-here", "/api/files/a/b/c"]
+    for path in paths:
+        error = error_of(world.get(path), 404)
+        assert error["message"]
+    for path, params in ((f"/api/files/{world.core_id}/lineage", {"version": 3}),
+                         (f"/api/files/{world.core_id}/download", {"version": 3}),
+                         (f"/api/files/{world.core_id}/download",
+                          {"version": 9, "format": "manifest"})):
+        error = error_of(world.get(path, params=params), 404)
+        assert "has no version" in error["message"]
+    error = error_of(world.get(f"/api/batches/{world.dataset.batches[0].id}/eligible",
+                               params={"file": "No such file"}), 404)
+    assert "No such file" in error["message"]
+    for path in ("/api/selections/validate", "/api/requests"):
+        error = error_of(world.post(path, json={"conversation_ids": [candidate],
+                                                "training_file": "No such file"}), 404)
+        assert "no training file named or with id 'No such file'" == error["message"]
+    assert snapshot(world.db) == before
+
+
+def test_405_for_a_method_a_route_does_not_take(world: World) -> None:
+    error_of(world.client.delete(f"/api/files/{world.core_id}", headers=world.auth("root")),
+             405)
+    error_of(world.get("/api/requests"), 405)
+
+
+def test_413_for_a_body_over_the_limit(world: World) -> None:
+    before = snapshot(world.db)
+    padding = "x" * (MAX_BODY_BYTES + 1)
+    body = orjson.dumps({"conversation_ids": [eligible(world.dataset)[2].conversation_id],
+                         "new_file_name": "Too large", "description": padding})
+    headers = {**world.auth("alice"), "Content-Type": "application/json"}
+    for path in ("/api/requests", "/api/selections/validate"):
+        error = error_of(world.client.post(path, content=body, headers=headers), 413)
+        assert str(MAX_BODY_BYTES) in error["message"]
+
+        # Without a declared length too (chunked).
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(body), 8192):
+                yield body[start:start + 8192]
+
+        error_of(world.client.post(path, content=chunks(), headers=headers), 413)
+    # A chunked body under the limit reaches the handler whole.
+    candidate = eligible(world.dataset)[2].conversation_id
+    small = orjson.dumps({"conversation_ids": [candidate], "new_file_name": "Chunked"})
+    check = world.client.post("/api/selections/validate", headers=headers,
+                              content=(small[i:i + 7] for i in range(0, len(small), 7)))
+    assert check.status_code == 200, check.text
+    assert check.json()["target"] == "new training file 'Chunked'" and check.json()["ok"]
+    # Just under the limit is read (and refused for what it says, not for its size).
+    fits = orjson.dumps({"conversation_ids": ["x"] * 9000, "new_file_name": "Fits"})
+    assert len(fits) < MAX_BODY_BYTES
+    error_of(world.client.post("/api/requests", content=fits, headers=headers), 422)
+    assert snapshot(world.db) == before
+
+
+@pytest.mark.parametrize(("path", "params"), [
+    ("/api/conversations", {"page": 0}),
+    ("/api/conversations", {"page": "two"}),
+    ("/api/conversations", {"page_size": 0}),
+    ("/api/conversations", {"page_size": 501}),
+    ("/api/conversations", {"sort": "bogus"}),
+    ("/api/conversations", {"sort": "conversation_id; DROP TABLE users"}),
+    ("/api/conversations", {"desc": "sideways"}),
+    ("/api/conversations", {"eligible": "perhaps"}),
+    ("/api/conversations", {"q": "q" * 201}),
+    ("/api/files/{core}/lineage", {"version": 0}),
+    ("/api/files/{core}/lineage", {"version": "latest"}),
+    ("/api/files/{core}/download", {"version": 0}),
+    ("/api/files/{core}/download", {"format": "xml"}),
+])
+def test_422_for_invalid_query_values(world: World, path: str, params: dict[str, Any]) -> None:
+    error = error_of(world.get(path.format(core=world.core_id), params=params), 422)
+    assert error["message"].startswith("invalid input: "), error
+    assert list(params)[0] in error["message"], error
+
+
+def test_422_for_invalid_bodies(world: World) -> None:
+    before = snapshot(world.db)
+    headers = {**world.auth("alice"), "Content-Type": "application/json"}
+    candidate = eligible(world.dataset)[2].conversation_id
+    for path in ("/api/requests", "/api/selections/validate"):
+        for content in (b"{not json", b"[]", b"null",
+                        orjson.dumps({"new_file_name": "No ids"}),
+                        orjson.dumps({"conversation_ids": candidate, "new_file_name": "Text"}),
+                        orjson.dumps({"conversation_ids": [candidate], "new_file_name": "Long",
+                                      "description": "d" * 2001})):
+            error = error_of(world.client.post(path, content=content, headers=headers), 422)
+            assert error["message"].startswith("invalid input"), (content, error)
+    # Values of the wrong kind inside the list are the rules' business: a reason each.
+    error = error_of(world.post("/api/requests", json={
+        "conversation_ids": [candidate, 7, None], "new_file_name": "Odd values"}), 422)
+    assert set(error["conversations"]) == {"7", "None"}
+    assert snapshot(world.db) == before
+
+
+def test_413_stops_reading_an_undeclared_body_at_the_limit(world: World) -> None:
+    """A chunked body without a length is refused once it passes the limit, not after the
+    whole of it has been read into memory (the check runs before anyone signs in)."""
+    pulled = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * 16384, "more_body": pulled < 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/api/requests",
+             "raw_path": b"/api/requests", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                         (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    anyio.run(world.client.app, scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 413
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert set(orjson.loads(body)["error"]) == {"message", "conversations"}
+    assert pulled <= MAX_BODY_BYTES // 16384 + 2, pulled

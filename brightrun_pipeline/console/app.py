@@ -62,11 +62,24 @@ def create_app(services: Services, *, host: str = "127.0.0.1") -> FastAPI:
 
 async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]
                      ) -> Response:
-    """Refuse bodies above MAX_BODY_BYTES with 413 (by their declared length, or as read)."""
+    """Refuse bodies above MAX_BODY_BYTES with 413: by their declared length, or, without one
+    (chunked), as soon as what has arrived passes the limit (never read whole into memory)."""
     if request.method in ("POST", "PUT", "PATCH"):
         declared = request.headers.get("content-length")
-        too_large = (int(declared) > MAX_BODY_BYTES if declared and declared.isdigit()
-                     else len(await request.body()) > MAX_BODY_BYTES)
+        if declared and declared.isdigit():
+            too_large = int(declared) > MAX_BODY_BYTES
+        else:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    break
+                chunks.append(chunk)
+            too_large = size > MAX_BODY_BYTES
+            if not too_large:
+                # What Request.body() would have kept: the handler reads the body from here.
+                request._body = b"".join(chunks)
         if too_large:
             return JSONResponse(error_body(f"the request body exceeds {MAX_BODY_BYTES} bytes"),
                                 status_code=413)
