@@ -887,3 +887,111 @@ def test_413_stops_reading_an_undeclared_body_at_the_limit(world: World) -> None
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert set(orjson.loads(body)["error"]) == {"message", "conversations"}
     assert pulled <= MAX_BODY_BYTES // 16384 + 2, pulled
+
+
+# --- Browsers: sign-in cookie and CSRF --------------------------------------------------------
+
+
+def browser(world: World, **cookies: str) -> TestClient:
+    """A client of its own (its own cookie jar), as a separate browser."""
+    return TestClient(world.client.app, raise_server_exceptions=False, follow_redirects=False,
+                      cookies=cookies)
+
+
+def csrf_of(client: TestClient) -> str:
+    """The CSRF token the sign-in page gives this browser (in a cookie)."""
+    page = client.get("/sign-in")
+    assert page.status_code == 200
+    token = client.cookies.get("brightrun_csrf")
+    assert token and token in page.text
+    return token
+
+
+def test_cookie_callers_need_the_csrf_token_and_bearer_callers_do_not(world: World) -> None:
+    body = {"conversation_ids": [eligible(world.dataset)[2].conversation_id],
+            "new_file_name": "Cookie file"}
+    client = browser(world, brightrun_token=world.tokens["alice"])
+    assert client.get("/api/me").json() == {
+        "name": "alice", "admin": False, "signed_in_via": "cookie"}
+    before = snapshot(world.db)
+    for path in ("/api/requests", "/api/selections/validate"):
+        error = error_of(client.post(path, json=body), 403)
+        assert "CSRF" in error["message"]
+        error_of(client.post(path, json=body, headers={"X-CSRF-Token": "guessed"}), 403)
+    token = csrf_of(client)
+    for path in ("/api/requests", "/api/selections/validate"):
+        error_of(client.post(path, json=body, headers={"X-CSRF-Token": token + "x"}), 403)
+        error_of(client.post(path, json=body, headers={"X-CSRF-Token": ""}), 403)
+    # The token of another browser is no good either.
+    other = csrf_of(browser(world))
+    error_of(client.post("/api/requests", json=body, headers={"X-CSRF-Token": other}), 403)
+    assert snapshot(world.db) == before
+
+    check = client.post("/api/selections/validate", json=body, headers={"X-CSRF-Token": token})
+    assert check.status_code == 200 and check.json()["ok"] is True
+    submitted = client.post("/api/requests", json=body, headers={"X-CSRF-Token": token})
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.json()["requested_by"] == "alice"
+    # A Bearer caller carries no ambient credential: nothing to forge, no CSRF token needed
+    # (even with a browser's cookies around it).
+    bearer = client.post("/api/selections/validate", json=body, headers=world.auth("bob"))
+    assert bearer.status_code == 200, bearer.text
+
+
+def test_sign_in_and_out(world: World) -> None:
+    client = browser(world)
+    error_of(client.get("/api/me"), 401)
+    csrf = csrf_of(client)
+    # A wrong token: the sign-in page again, with 401 and no session cookie.
+    for token in ("brt_wrong", "not even a token", world.tokens["alice"][:-1]):
+        wrong = client.post("/sign-in", data={"token": token, "csrf_token": csrf,
+                                              "next": "/files"})
+        assert wrong.status_code == 401
+        assert "text/html" in wrong.headers["content-type"]
+        assert "brightrun_token" not in client.cookies
+    # No CSRF token, or a wrong one: refused even with the right user token.
+    for data in ({"token": world.tokens["alice"]},
+                 {"token": world.tokens["alice"], "csrf_token": csrf[::-1]}):
+        refused = client.post("/sign-in", data=data)
+        assert refused.status_code == 403
+        assert "Traceback" not in refused.text
+        assert "brightrun_token" not in client.cookies
+    signed = client.post("/sign-in", data={"token": f"  {world.tokens['bob']} ",
+                                           "csrf_token": csrf, "next": "/files?x=1"})
+    assert signed.status_code == 303
+    assert signed.headers["location"] == "/files?x=1"
+    cookie = signed.headers["set-cookie"]
+    assert cookie.startswith(f"brightrun_token={world.tokens['bob']};")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert client.get("/api/me").json() == {
+        "name": "bob", "admin": False, "signed_in_via": "cookie"}
+
+    # Signing out needs the CSRF token too (else any site could sign a curator out).
+    assert client.post("/sign-out").status_code == 403
+    assert client.get("/api/me").status_code == 200
+    out = client.post("/sign-out", data={"csrf_token": csrf})
+    assert out.status_code == 303 and out.headers["location"] == "/sign-in"
+    cleared = out.headers["set-cookie"]
+    assert cleared.startswith("brightrun_token=") and ("Max-Age=0" in cleared
+                                                       or "expires=" in cleared.lower())
+    assert "brightrun_token" not in client.cookies
+    error_of(client.get("/api/me"), 401)
+
+
+@pytest.mark.parametrize("target", [
+    "https://evil.example/", "//evil.example/", "http:/evil.example", "evil.example",
+    "javascript:alert(1)", "/\\evil.example", "/\\/evil.example", "",
+    pytest.param("/\t/evil.example", marks=pytest.mark.xfail(
+        strict=True, reason="pages._safe_next: urlsplit drops the tab, sees //evil.example as "
+                            "a host and answers an empty Location (not off-site, but no page)")),
+])
+def test_next_never_leaves_the_site(world: World, target: str) -> None:
+    client = browser(world)
+    csrf = csrf_of(client)
+    signed = client.post("/sign-in", data={"token": world.tokens["alice"], "csrf_token": csrf,
+                                           "next": target})
+    assert signed.status_code == 303
+    location = signed.headers["location"]
+    # Browsers read a backslash as a slash and drop tabs and newlines.
+    seen = location.replace("\\", "/").replace("\t", "").replace("\n", "").replace("\r", "")
+    assert seen.startswith("/") and not seen.startswith("//"), location
