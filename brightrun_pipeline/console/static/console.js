@@ -226,6 +226,7 @@
   });
 
   var submit = $("submit");
+  var submitted = [];
   submit.addEventListener("click", function () {
     var body = choice();
     if (!body) { return; }
@@ -235,6 +236,7 @@
     call("POST", "/api/requests", body).then(function (answer) {
       if (!answer.ok) { submit.disabled = false; refused(answer); return; }
       outcome("");
+      submitted = body.conversation_ids;
       sessionStorage.setItem(REQUEST_KEY, answer.data.id);
       follow(answer.data);
     });
@@ -252,23 +254,44 @@
       if (step.dataset.step === "end") { step.textContent = request.finished ? request.status : "finished"; }
     });
     var text = $("progress-text");
-    var label = "Request " + request.id.slice(0, 8) + " is " + request.status;
-    text.textContent = label + ({
-      pending: ": waiting for the pipeline to pick it up.",
-      queued: ": the pipeline has it and will start it shortly.",
-      running: ": building the training file.",
-    }[request.status] || ".");
+    var name = "Request " + request.id.slice(0, 8);
+    text.textContent = name + ({
+      pending: " is pending: waiting for the pipeline to pick it up.",
+      queued: " is queued: the pipeline has it and will start it shortly.",
+      running: " is running: the training file is being built.",
+      succeeded: " succeeded.",
+      rejected: " was rejected.",
+      failed: " failed.",
+    }[request.status] || " is " + request.status + ".");
     if (request.status === "succeeded" && request.training_file_id) {
-      text.textContent = label + ": ";
-      var link = document.createElement("a");
-      link.href = "/training-files/" + encodeURIComponent(request.training_file_id);
-      link.textContent = (request.training_file_name || "the training file") + ", version " +
-          request.result_version;
-      text.appendChild(link);
+      text.textContent = name + " succeeded: ";
+      text.appendChild(fileLink(request, (request.training_file_name || "the training file") +
+                                         ", version " + request.result_version));
     } else if (request.finished && request.error) {
-      text.textContent = label + ": " + request.error.message;
+      text.textContent = name + (request.status === "rejected" ? " was rejected: " : " failed: ") +
+          request.error.message;
       showProblems(request.error.conversations);
     }
+  }
+
+  function fileLink(request, label) {
+    var link = document.createElement("a");
+    link.href = "/training-files/" + encodeURIComponent(request.training_file_id);
+    link.textContent = label;
+    return link;
+  }
+
+  // The rows of a request that succeeded now name its file (as a reload would show).
+  function showFiled(ids, request) {
+    ids.forEach(function (id) {
+      var row = document.querySelector('table.conversations tr[data-id="' + CSS.escape(id) + '"]');
+      var cell = row && row.querySelector("td.files");
+      if (!cell || cell.querySelector('a[href="/training-files/' + request.training_file_id + '"]')) {
+        return;
+      }
+      if (!cell.querySelector("a")) { cell.textContent = ""; } else { cell.appendChild(document.createTextNode(", ")); }
+      cell.appendChild(fileLink(request, request.training_file_name));
+    });
   }
 
   function follow(request) {
@@ -279,6 +302,7 @@
       sessionStorage.removeItem(REQUEST_KEY);
       submit.disabled = false;
       if (request.status === "succeeded") {
+        showFiled(submitted, request);
         selection = [];
         saveSelection();
       }
