@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import os
 import re
 import secrets
-import uuid
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 from psycopg import sql
 from seed import demo_dataset, eligible, is_eligible, seed_dataset
 
+from brightrun_pipeline.cli import main
 from brightrun_pipeline.config import RetrySettings, Settings
 from brightrun_pipeline.console.app import MAX_BODY_BYTES, create_app
 from brightrun_pipeline.db.repository import Database, VersionRecord
@@ -64,6 +65,7 @@ class World:
     """A seeded database and store, its app, and the users that call it."""
 
     backend: str
+    url: str
     pipeline: Pipeline
     services: Services
     client: TestClient
@@ -150,7 +152,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         odd_v1 = publish(pipeline, [chosen[4]], "bob", new_file_name=ODD_FILE)
         services = Services(settings_for(url, directory), pipeline)
         client = TestClient(create_app(services), raise_server_exceptions=False)
-        yield World(backend, pipeline, services, client, dataset, tokens,
+        yield World(backend, url, pipeline, services, client, dataset, tokens,
                     core_v1.training_file_id, [core_v1, core_v2],
                     odd_v1.training_file_id, [odd_v1])
         client.close()
@@ -781,7 +783,7 @@ def test_404_for_what_does_not_exist(world: World) -> None:
     for path in ("/api/selections/validate", "/api/requests"):
         error = error_of(world.post(path, json={"conversation_ids": [candidate],
                                                 "training_file": "No such file"}), 404)
-        assert "no training file named or with id 'No such file'" == error["message"]
+        assert error["message"] == "no training file named or with id 'No such file'"
     assert snapshot(world.db) == before
 
 
@@ -995,3 +997,175 @@ def test_next_never_leaves_the_site(world: World, target: str) -> None:
     # Browsers read a backslash as a slash and drop tabs and newlines.
     seen = location.replace("\\", "/").replace("\t", "").replace("\n", "").replace("\r", "")
     assert seen.startswith("/") and not seen.startswith("//"), location
+
+
+# --- Users and tokens -------------------------------------------------------------------------
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`brightrun` in this process: exit code, standard output and standard error."""
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def use_database(monkeypatch: pytest.MonkeyPatch, url: str, home: Path) -> None:
+    """Only the BRIGHTRUN_* variables a deployment of this database would set."""
+    for name in list(os.environ):
+        if name.startswith("BRIGHTRUN_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("BRIGHTRUN_HOME", str(home))
+    monkeypatch.setenv("BRIGHTRUN_DATABASE_URL", url)
+
+
+def test_tokens_are_stored_as_their_sha256_only(world: World, tmp_path: Path) -> None:
+    with world.db.engine.connect() as connection:
+        rows = {row.name: row for row in connection.execute(sa.select(users))}
+    assert set(rows) == {"alice", "bob", "root"}
+    for name, token in world.tokens.items():
+        assert token.startswith("brt_") and len(token) > 40
+        assert rows[name].token_hash == hashlib.sha256(token.encode()).hexdigest()
+        assert rows[name].token_hash == token_hash(token)
+        assert rows[name].is_admin is (name == "root")
+    everything = repr(snapshot(world.db))
+    for token in world.tokens.values():
+        assert token not in everything
+        assert token[4:] not in everything
+    if world.backend == "sqlite":
+        # Nowhere in the database file either (free pages and journals included).
+        database_file = Path(world.url.removeprefix("sqlite:///"))
+        raw = b"".join(path.read_bytes() for path in database_file.parent.glob(
+            database_file.name + "*"))
+        assert raw and hashlib.sha256(world.tokens["alice"].encode()).hexdigest().encode() in raw
+        for token in world.tokens.values():
+            assert token.encode() not in raw and token[4:].encode() not in raw
+
+
+def test_users_add_prints_the_token_once_and_list_never(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    use_database(monkeypatch, world.url, tmp_path)
+    code, out, err = cli(capsys, "users", "add", "carol")
+    assert code == 0, err
+    token = out.strip()
+    assert out == token + "\n" and token.startswith("brt_")
+    assert "shown once" in err and token not in err
+    try:
+        assert world.client.get("/api/me", headers={"Authorization": f"Bearer {token}"}
+                                ).json() == {"name": "carol", "admin": False,
+                                             "signed_in_via": "bearer"}
+        stored = token_hash(token)
+        with world.db.engine.connect() as connection:
+            assert connection.execute(sa.select(users.c.token_hash).where(
+                users.c.name == "carol")).scalar_one() == stored
+        code, out, err = cli(capsys, "users", "list")
+        assert code == 0, err
+        assert "carol" in out and "alice" in out and "root" in out
+        for secret in (token, token[4:], stored, *world.tokens.values()):
+            assert secret not in out + err
+        code, out, err = cli(capsys, "users", "add", "CAROL")
+        assert code != 0 and "already exists" in err and "brt_" not in out + err
+    finally:
+        code, _, err = cli(capsys, "users", "remove", "carol")
+        assert code == 0, err
+    # A removed user's token stops working at once.
+    error_of(world.client.get("/api/me", headers={"Authorization": f"Bearer {token}"}), 401)
+    assert cli(capsys, "users", "remove", "carol")[0] != 0
+
+
+# --- Open access on loopback, and binding beyond it -------------------------------------------
+
+
+@pytest.fixture
+def empty_services(pipeline: Pipeline, tmp_path: Path, database_url: str) -> Services:
+    """Services on an upgraded database with the demo data and no users."""
+    seed_dataset(pipeline, demo_dataset())
+    return Services(settings_for(database_url, tmp_path), pipeline)
+
+
+def test_open_to_the_local_user_until_the_first_user_is_added(empty_services: Services) -> None:
+    db = empty_services.db
+    client = TestClient(create_app(empty_services), raise_server_exceptions=False)
+    local = getpass.getuser()
+    assert client.get("/api/me").json() == {"name": local, "admin": True,
+                                            "signed_in_via": "open"}
+    assert client.get("/api/conversations").json()["total"] == 9
+    candidate = eligible(demo_dataset())[0].conversation_id
+    body = {"conversation_ids": [candidate], "new_file_name": "Local file"}
+    # Open access is a browser's ambient credential: state changes still need the CSRF token.
+    before = snapshot(db)
+    for path in ("/api/requests", "/api/selections/validate"):
+        assert "CSRF" in error_of(client.post(path, json=body), 403)["message"]
+    error_of(client.post("/api/requests", json=body, headers={"X-CSRF-Token": "made-up"}), 403)
+    assert snapshot(db) == before
+    csrf = csrf_of(client)
+    submitted = client.post("/api/requests", json=body, headers={"X-CSRF-Token": csrf})
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.json()["requested_by"] == local
+    stored = db.get_request(submitted.json()["id"])
+    assert stored is not None and stored.requested_by == local
+
+    # The first user closes the running console at once.
+    _, token = add_user(db, "first", admin=True)
+    before = snapshot(db)
+    response = client.get("/api/me")
+    error_of(response, 401)
+    assert response.headers["www-authenticate"] == "Bearer"
+    error_of(client.post("/api/requests", json={**body, "new_file_name": "Too late"},
+                         headers={"X-CSRF-Token": csrf}), 401)
+    assert snapshot(db) == before
+    assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).json()[
+        "name"] == "first"
+    # Pages send a browser to sign in.
+    page = client.get("/conversations", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/sign-in")
+
+
+def test_beyond_loopback_users_are_required(empty_services: Services) -> None:
+    for host in ("0.0.0.0", "::", "192.0.2.10", "console.example"):
+        with pytest.raises(UsageError, match="no user is defined.*brightrun users add"):
+            create_app(empty_services, host=host)
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert TestClient(create_app(empty_services, host=host)).get(
+            "/api/me").json()["signed_in_via"] == "open"
+    _, token = add_user(empty_services.db, "operator")
+    client = TestClient(create_app(empty_services, host="0.0.0.0"),
+                        raise_server_exceptions=False)
+    error_of(client.get("/api/me"), 401)
+    assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).json() == {
+        "name": "operator", "admin": False, "signed_in_via": "bearer"}
+    # Removing every user later never opens a console that listens beyond this machine.
+    assert empty_services.db.remove_user("operator")
+    error_of(client.get("/api/me"), 401)
+
+
+def test_the_console_command_refuses_to_listen_beyond_loopback_without_users(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    served: list[tuple[Any, str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: served.append(
+        (app, host, port)))
+    use_database(monkeypatch, database_url, tmp_path)
+    code, out, err = cli(capsys, "console", "--host", "0.0.0.0", "--port", "8123")
+    assert code != 0
+    assert "0.0.0.0" in err and "brightrun users add" in err
+    assert "Traceback" not in out + err
+    assert served == []
+    # On loopback it serves, open to this machine's user.
+    code, out, err = cli(capsys, "console", "--port", "8124")
+    assert code == 0, err
+    assert [(host, port) for _, host, port in served] == [("127.0.0.1", 8124)]
+    assert "open to this machine's user" in err
+    # With a user it serves beyond loopback, sign-in required.
+    assert cli(capsys, "users", "add", "operator", "--admin")[0] == 0
+    code, out, err = cli(capsys, "console", "--host", "0.0.0.0", "--port", "8125")
+    assert code == 0, err
+    assert served[-1][1:] == ("0.0.0.0", 8125) and "sign-in required" in err
+    error_of(TestClient(served[-1][0], raise_server_exceptions=False).get("/api/me"), 401)
