@@ -32,11 +32,12 @@ from seed import demo_dataset, eligible, is_eligible, seed_dataset
 
 from brightrun_pipeline.cli import main
 from brightrun_pipeline.config import RetrySettings, Settings
+from brightrun_pipeline.console import api, pages
 from brightrun_pipeline.console.app import MAX_BODY_BYTES, create_app
 from brightrun_pipeline.db.repository import Database, VersionRecord
 from brightrun_pipeline.db.schema import OWNED_TABLES, training_files, users
 from brightrun_pipeline.demo_data import DemoConversation, DemoDataset
-from brightrun_pipeline.errors import UsageError
+from brightrun_pipeline.errors import ProcessingFailed, UsageError
 from brightrun_pipeline.factory import Services
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import LocalObjectStore, ObjectStore
@@ -1169,3 +1170,152 @@ def test_the_console_command_refuses_to_listen_beyond_loopback_without_users(
     assert code == 0, err
     assert served[-1][1:] == ("0.0.0.0", 8125) and "sign-in required" in err
     error_of(TestClient(served[-1][0], raise_server_exceptions=False).get("/api/me"), 401)
+
+
+# --- Retrying a failed request: 403, 404 and 409 ----------------------------------------------
+
+
+def test_retry_a_failed_request(empty_services: Services) -> None:
+    pipeline, db = empty_services.pipeline, empty_services.db
+    tokens = {user: add_user(db, user, admin=user == "root")[1]
+              for user in ("alice", "bob", "root")}
+    client = TestClient(create_app(empty_services), raise_server_exceptions=False)
+
+    def call(method: str, path: str, user: str, **kwargs: Any) -> httpx.Response:
+        return client.request(method, path, headers={"Authorization": f"Bearer {tokens[user]}"},
+                              **kwargs)
+
+    chosen = eligible(demo_dataset())
+    # A source that is not JSON any more fails the build (not a rule: the request is valid).
+    source = str(chosen[0].row["enriched_file_path"])
+    pipeline.store.put_bytes(pipeline.source_bucket, source, b"not json", replace=True)
+    submitted = call("POST", "/api/requests", "alice", json={
+        "conversation_ids": [chosen[0].conversation_id], "new_file_name": "Will fail"})
+    assert submitted.status_code == 202, submitted.text
+    request_id = submitted.json()["id"]
+    assert pipeline.claim(request_id) is not None
+    with pytest.raises(ProcessingFailed):
+        pipeline.run_request(request_id, "run-fails")
+    failed = call("GET", f"/api/requests/{request_id}", "bob").json()
+    assert (failed["status"], failed["finished"], failed["attempts"]) == ("failed", True, 1)
+    assert chosen[0].conversation_id in failed["error"]["conversations"]
+    waiting = call("POST", "/api/requests", "alice", json={
+        "conversation_ids": [chosen[1].conversation_id], "new_file_name": "Waits"}).json()
+
+    before = snapshot(db)
+    error = error_of(call("POST", f"/api/requests/{request_id}/retry", "bob"), 403)
+    assert "alice" in error["message"]
+    error_of(call("POST", f"/api/requests/{uuid.uuid4()}/retry", "root"), 404)
+    error_of(call("POST", "/api/requests/not-a-request/retry", "root"), 404)
+    conflict = error_of(call("POST", f"/api/requests/{waiting['id']}/retry", "alice"), 409)
+    assert "only failed requests can be retried" in conflict["message"]
+    cookie = TestClient(client.app, raise_server_exceptions=False,
+                        cookies={"brightrun_token": tokens["alice"]})
+    error_of(cookie.post(f"/api/requests/{request_id}/retry"), 403)
+    error_of(client.post(f"/api/requests/{request_id}/retry"), 401)
+    assert snapshot(db) == before
+
+    retried = call("POST", f"/api/requests/{request_id}/retry", "alice")
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()["id"], retried.json()["status"]) == (request_id, "pending")
+    stored = db.get_request(request_id)
+    assert stored is not None and stored.status == "pending"
+    error_of(call("POST", f"/api/requests/{request_id}/retry", "alice"), 409)
+    # An admin may retry anyone's failed request.
+    assert pipeline.claim(request_id) is not None
+    with pytest.raises(ProcessingFailed):
+        pipeline.run_request(request_id, "run-fails-again")
+    again = call("POST", f"/api/requests/{request_id}/retry", "root")
+    assert again.status_code == 200 and again.json()["status"] == "pending"
+
+
+# --- Downloads from S3: a presigned redirect --------------------------------------------------
+
+
+def test_s3_downloads_redirect_to_a_presigned_url(
+        make_pipeline: Any, make_s3_client: Any, bucket_name: str, tmp_path: Path,
+        database_url: str) -> None:
+    from brightrun_pipeline.s3_store import S3ObjectStore
+
+    pipeline = make_pipeline(S3ObjectStore(make_s3_client()),
+                             source_bucket=f"{bucket_name}-src", training_bucket=bucket_name)
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    chosen = eligible(dataset)
+    v1 = publish(pipeline, chosen[:2], "alice", new_file_name='S3 "file" / ü')
+    v2 = publish(pipeline, [chosen[2]], "alice", training_file=v1.training_file_id)
+    services = Services(settings_for(database_url, tmp_path), pipeline)
+    _, token = add_user(pipeline.db, "viewer")
+    client = TestClient(create_app(services), raise_server_exceptions=False,
+                        follow_redirects=False, headers={"Authorization": f"Bearer {token}"})
+    for record, params in ((v2, {}), (v1, {"version": 1})):
+        for fmt, key, digest, suffix in (
+                ("json", record.json_key, record.json_sha256, ".json"),
+                ("jsonl", record.jsonl_key, record.jsonl_sha256, ".jsonl"),
+                ("manifest", record.manifest_key, record.manifest_sha256, ".manifest.json")):
+            response = client.get(f"/api/files/{record.training_file_id}/download",
+                                  params={"format": fmt, **params})
+            assert response.status_code == 307, response.text
+            url = httpx.URL(response.headers["location"])
+            assert url.path == f"/{bucket_name}/{key}"
+            assert "Signature" in str(url) or "X-Amz-Signature" in str(url)
+            # Short-lived: the link expires within five minutes.
+            expires = url.params.get("X-Amz-Expires")
+            assert expires is None or int(expires) <= 300
+            fetched = httpx.get(str(url))
+            assert fetched.status_code == 200
+            assert sha256(fetched.content) == digest
+            assert fetched.content == pipeline.store.get_bytes(bucket_name, key)
+            assert fetched.headers["content-disposition"] == (
+                f'attachment; filename="S3-file-v{record.version}{suffix}"')
+    # Without a valid token there is no link at all.
+    anonymous = TestClient(client.app, raise_server_exceptions=False, follow_redirects=False)
+    response = anonymous.get(f"/api/files/{v1.training_file_id}/download")
+    error_of(response, 401)
+    assert "location" not in response.headers
+
+
+# --- The OpenAPI document ---------------------------------------------------------------------
+
+API_ROUTES = {
+    "/api/me": {"get"},
+    "/api/conversations": {"get"},
+    "/api/conversations/{conversation_id}/lineage": {"get"},
+    "/api/choices": {"get"},
+    "/api/batches": {"get"},
+    "/api/batches/{batch_id}/eligible": {"get"},
+    "/api/files": {"get"},
+    "/api/files/{file_ref}": {"get"},
+    "/api/files/{file_ref}/versions": {"get"},
+    "/api/files/{file_ref}/lineage": {"get"},
+    "/api/files/{file_ref}/download": {"get"},
+    "/api/selections/validate": {"post"},
+    "/api/requests": {"post"},
+    "/api/requests/{request_id}": {"get"},
+    "/api/requests/{request_id}/retry": {"post"},
+}
+
+
+def test_openapi_lists_every_api_route(world: World) -> None:
+    response = world.get("/api/openapi.json")
+    assert response.status_code == 200
+    document = orjson.loads(response.content)
+    assert document["openapi"].startswith("3.")
+    paths = {path: set(operations) for path, operations in document["paths"].items()}
+    assert paths == API_ROUTES
+    # And every /api route the app's routers define is in it (no undocumented endpoint), while
+    # no page route hides under /api/.
+    served: dict[str, set[str]] = {}
+    for route in api.router.routes:
+        served.setdefault(route.path, set()).update(m.lower() for m in route.methods)
+    assert served == API_ROUTES
+    assert not [r.path for r in pages.router.routes if r.path.startswith("/api")]
+    # The query parameters of the listing are documented with their limits.
+    listing = document["paths"]["/api/conversations"]["get"]["parameters"]
+    names = {p["name"] for p in listing}
+    assert {"batch_id", "status", "persona", "arc", "topic", "tier", "eligible", "q", "file",
+            "sort", "desc", "page", "page_size"} <= names
+    # openapi-spec-validator comes with moto[server] (a dev dependency).
+    from openapi_spec_validator import validate
+
+    validate(document)
