@@ -80,25 +80,34 @@ def console(settings: Settings, pipeline: Pipeline) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(backend_name: str) -> Iterator[Any]:
-    """A page of a headless Chromium; what it logs to the console must be empty at the end."""
-    from playwright.sync_api import sync_playwright
+def browser() -> Iterator[Any]:
+    """A headless Chromium; expectations wait up to PATIENCE_MS."""
+    from playwright.sync_api import expect, sync_playwright
 
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium`", pytrace=False)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        expect.set_options(timeout=PATIENCE_MS)
         try:
-            context = browser.new_context(viewport={"width": 1600, "height": 1000},
-                                          accept_downloads=True)
-            page = context.new_page()
-            page.set_default_timeout(PATIENCE_MS)
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            yield page
-            assert errors == [], errors
+            yield browser
         finally:
+            expect.set_options(timeout=5_000)  # Playwright's default, for other tests
             browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A page with scripts on; no script error may happen on it."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000},
+                                  accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(PATIENCE_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert errors == [], errors
 
 
 @pytest.fixture
@@ -178,6 +187,13 @@ def test_curator_builds_a_training_file_in_the_browser(
     count = page.locator("#selection-count")
     pager = page.locator(".pager .where").first
 
+    # No training file yet: the files page says so and points to the Conversations page.
+    page.goto(f"{console}/training-files")
+    expect(page.locator(".empty-state")).to_contain_text("No training file yet.")
+    expect(page.locator(".empty-state").get_by_role(
+        "link", name="Conversations page")).to_have_attribute("href", "/conversations")
+    page.screenshot(path=shots / "training_files_empty.png", full_page=True)
+
     # The catalog, sorted by Batch ID one way and then the other (the sort lives in the URL).
     page.goto(f"{console}/conversations")
     expect(pager).to_have_text(f"Page 1 of 1, {total} conversations")
@@ -192,9 +208,9 @@ def test_curator_builds_a_training_file_in_the_browser(
 
     # Filtered by one batch (the select reloads the page; the sort stays).
     page.locator("select[name=batch_id]").select_option(batch.id)
-    expect(page).to_have_url(re.compile(rf"batch_id={batch.id}"))
+    expect(page).to_have_url(
+        f"{console}/conversations?batch_id={batch.id}&page_size=50&sort=batch_id&desc=yes")
     expect(pager).to_have_text(f"Page 1 of 1, {len(in_batch)} conversations")
-    assert "sort=batch_id" in page.url
     assert set(column(page, "data-batch")) == {batch.id}
     reason = queries.list_conversations(
         pipeline, queries.ConversationFilter(q=blocked.conversation_id)).rows[0].ineligible_reason
@@ -358,4 +374,55 @@ def test_curator_builds_a_training_file_in_the_browser(
     expect(count).to_have_text("0 selected (max 80)")
     assert sorted(p.name for p in shots.glob("*.png")) == [
         "conversations.png", "conversations_refused.png", "training_file.png",
-        "training_files.png"]
+        "training_files.png", "training_files_empty.png"]
+
+
+def test_browsing_works_without_scripts(pipeline: Pipeline, console: str, browser: Any) -> None:
+    """Filters, sorting and paging are links and GET forms; a bad URL gets the error page."""
+    from playwright.sync_api import expect
+
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    batch = dataset.batches[1]
+    in_batch = [c.conversation_id for c in dataset.conversations if c.batch_id == batch.id]
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(PATIENCE_MS)
+        pager = page.locator(".pager .where").first
+        page.goto(f"{console}/conversations?page_size=4")
+        total = len(dataset.conversations)
+        expect(pager).to_have_text(f"Page 1 of 3, {total} conversations")
+        expect(page.locator("#selection")).to_be_hidden()  # selecting needs the script
+        page.get_by_role("link", name="Next ›").first.click()
+        expect(pager).to_have_text(f"Page 2 of 3, {total} conversations")
+        page.get_by_role("link", name="Last »").first.click()
+        expect(pager).to_have_text(f"Page 3 of 3, {total} conversations")
+
+        page.locator("select[name=batch_id]").select_option(batch.id)
+        page.locator("select[name=eligible]").select_option("yes")
+        page.get_by_role("button", name="Apply").click()
+        # Without the script the form sends its empty fields too; they mean "any".
+        expect(page).to_have_url(re.compile(rf"[?&]batch_id={batch.id}&.*eligible=yes"))
+        eligible_ids = [c.conversation_id for c in dataset.conversations
+                        if c.batch_id == batch.id and is_eligible(c)]
+        expect(pager).to_have_text(f"Page 1 of 1, {len(eligible_ids)} conversations")
+        page.get_by_role("link", name="Title", exact=True).click()
+        expect(page).to_have_url(re.compile(r"sort=title"))
+        titles = page.locator("table.conversations td.title").all_inner_texts()
+        assert titles == sorted(titles) and len(titles) == len(eligible_ids) < len(in_batch)
+        # The page is its URL: reloading it shows the same view.
+        page.reload()
+        expect(page.locator("table.conversations td.title")).to_have_text(titles)
+
+        for url, status, message in (
+            ("/conversations?eligible=maybe", 422, "eligible"),
+            ("/conversations?batch_id=not-a-batch", 400, "batch_id expects a UUID"),
+            ("/conversations?page=0", 422, "page"),
+            (f"/training-files/{batch.id}", 404, "no training file"),
+        ):
+            response = page.goto(f"{console}{url}")
+            assert response is not None and response.status == status, url
+            expect(page.locator("p.error")).to_contain_text(message)
+    finally:
+        context.close()

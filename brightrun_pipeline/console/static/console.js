@@ -10,9 +10,22 @@
 
   function $(id) { return document.getElementById(id); }
 
-  // Selects that change the listing reload it at once (the Apply button stays for keyboards).
-  document.querySelectorAll("form[data-autosubmit] select").forEach(function (select) {
-    select.addEventListener("change", function () { select.form.submit(); });
+  // Selects that change the listing reload it at once (the Apply button stays for keyboards);
+  // fields left at "any" stay out of the URL, which is the view to share.
+  document.querySelectorAll("form[data-autosubmit]").forEach(function (form) {
+    function send() {
+      Array.prototype.forEach.call(form.elements, function (field) {
+        if (field.name && field.value === "") { field.disabled = true; }
+      });
+    }
+    form.addEventListener("submit", send);
+    // Back to this page from the history: the fields are usable again.
+    window.addEventListener("pageshow", function () {
+      Array.prototype.forEach.call(form.elements, function (field) { field.disabled = false; });
+    });
+    form.querySelectorAll("select").forEach(function (select) {
+      select.addEventListener("change", function () { send(); form.submit(); });
+    });
   });
 
   var bar = $("selection");
