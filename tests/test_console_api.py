@@ -1319,3 +1319,40 @@ def test_openapi_lists_every_api_route(world: World) -> None:
     from openapi_spec_validator import validate
 
     validate(document)
+
+
+# --- Faults inside the server: still the one shape, never a stack trace -----------------------
+
+
+def test_an_unexpected_fault_answers_500_in_the_error_shape(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from brightrun_pipeline import queries
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("connection to db-internal:5432 lost; secret=hunter2")
+
+    monkeypatch.setattr(queries, "list_batches", broken)
+    response = world.get("/api/batches")
+    error = error_of(response, 500)
+    assert "hunter2" not in response.text and "db-internal" not in response.text
+    assert "RuntimeError" not in response.text
+    assert error["conversations"] == {}
+
+
+def test_a_missing_published_object_is_an_error_not_a_truncated_download(
+        empty_services: Services) -> None:
+    pipeline = empty_services.pipeline
+    chosen = eligible(demo_dataset())
+    record = publish(pipeline, chosen[:2], "keeper", new_file_name="Lost objects")
+    _, token = add_user(pipeline.db, "viewer")
+    client = TestClient(create_app(empty_services), raise_server_exceptions=False,
+                        headers={"Authorization": f"Bearer {token}"})
+    assert client.get(f"/api/files/{record.training_file_id}/download",
+                      params={"format": "jsonl"}).status_code == 200
+    root = empty_services.store.root  # type: ignore[attr-defined]
+    (root / TRAINING_BUCKET / record.jsonl_key).unlink()
+    response = client.get(f"/api/files/{record.training_file_id}/download",
+                          params={"format": "jsonl"})
+    error = error_of(response, 500)
+    assert "content-disposition" not in response.headers
+    assert "missing" in error["message"]

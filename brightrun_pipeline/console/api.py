@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
@@ -10,8 +12,9 @@ from pydantic import BaseModel, Field
 
 from brightrun_pipeline import queries
 from brightrun_pipeline.console.auth import CSRF_HEADER, Identity, check_csrf, require_identity
+from brightrun_pipeline.console.errors import ServerFault
 from brightrun_pipeline.db.repository import UserRecord
-from brightrun_pipeline.errors import Forbidden, UsageError
+from brightrun_pipeline.errors import Forbidden, ObjectNotFound, UsageError
 from brightrun_pipeline.factory import Services
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
 from brightrun_pipeline.users import may_add_to
@@ -149,11 +152,18 @@ def download(services: ServicesDep, _: Caller, file_ref: str,
     if size is not None:
         headers["Content-Length"] = str(size)
     media = "application/x-ndjson" if format == "jsonl" else "application/json"
-    return StreamingResponse(_chunks(services, key), media_type=media, headers=headers)
+    # Opened before the answer starts: a missing object is an error, not a 200 cut short.
+    opened = ExitStack()
+    try:
+        stream = opened.enter_context(services.store.open_read(pipeline.training_bucket, key))
+    except ObjectNotFound as exc:
+        raise ServerFault(f"the {format} of version {record.version} of {file.name!r} is "
+                          "missing from storage") from exc
+    return StreamingResponse(_chunks(opened, stream), media_type=media, headers=headers)
 
 
-def _chunks(services: Services, key: str) -> Any:
-    with services.store.open_read(services.pipeline.training_bucket, key) as stream:
+def _chunks(opened: ExitStack, stream: BinaryIO) -> Iterator[bytes]:
+    with opened:
         while chunk := stream.read(1 << 20):
             yield chunk
 

@@ -33,6 +33,11 @@ class PayloadTooLarge(BrightRunError):
     """The request body is larger than the console accepts."""
 
 
+class ServerFault(BrightRunError):
+    """Something the server holds is broken (e.g. a published object is missing from storage):
+    not the caller's doing."""
+
+
 STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (Unauthorized, 401),
     (CsrfRejected, 403),
@@ -40,6 +45,7 @@ STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (PayloadTooLarge, 413),
+    (ServerFault, 500),
     (RequestRejected, 422),
     (UsageError, 400),
     (RequestOutcomeError, 409),
@@ -92,6 +98,13 @@ def install_error_handlers(app: FastAPI) -> None:
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
             problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
         return _respond(request, 422, "invalid input: " + "; ".join(problems))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette raises the error again once this answer is sent, so the server logs it with
+        # its traceback; the caller gets the one shape and no internals.
+        return _respond(request, 500, "the console failed to answer this request; the "
+                                      "server's log has the details")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
