@@ -290,6 +290,7 @@ def test_every_filter_keeps_what_it_names(world: World) -> None:
     assert len(kept(q="emergency FUND")) == 2
     target = dataset.conversations[5].conversation_id
     assert kept(q=target[:13]) == {target}
+    assert kept(q="SEÁN") == where(lambda c: "Seán" in c.row["title"]) != set()
     assert kept(q="%") == set()
     assert kept(q="_") == set()
     core = {c.conversation_id for c in eligible(dataset)[:2]} | {
@@ -493,6 +494,9 @@ def test_lineage_of_a_conversation(world: World) -> None:
         "training_file_id": world.core_id, "file_name": CORE_FILE, "added_in_version": 2,
         "current_version": 2, "versions": [2], "source_sha256": sha256(later.file_bytes)}]
     assert lineage(unused) == []
+    # The id in any case.
+    upper = world.get(f"/api/conversations/{first.conversation_id.upper()}/lineage")
+    assert upper.json() == lineage(first)
     assert [a["file_name"] for a in lineage(chosen[4])] == [ODD_FILE]
 
 
