@@ -35,6 +35,7 @@ from brightrun_pipeline.db.schema import conversations
 from brightrun_pipeline.factory import Services
 from brightrun_pipeline.launcher import process_in_this_process
 from brightrun_pipeline.service import Pipeline
+from brightrun_pipeline.users import add_user
 
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -426,3 +427,39 @@ def test_browsing_works_without_scripts(pipeline: Pipeline, console: str, browse
             expect(page.locator("p.error")).to_contain_text(message)
     finally:
         context.close()
+
+
+def test_adding_to_someone_elses_file_is_refused(pipeline: Pipeline, console: str,
+                                                 page: Any) -> None:
+    """Signed in with a token, a curator who did not create a file is told so by Check and by
+    Submit (403), and nothing is stored."""
+    from playwright.sync_api import expect
+
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    rows = [c for c in dataset.conversations if is_eligible(c)]
+    add_user(pipeline.db, "ana")
+    _, token = add_user(pipeline.db, "ben")
+    request = pipeline.submit(conversation_ids=[rows[0].conversation_id],
+                              new_file_name="Ana's file", requested_by="ana")
+    assert pipeline.claim(request.id) is not None
+    record = pipeline.run_request(request.id, "run-ana")
+
+    page.goto(f"{console}/conversations")
+    expect(page).to_have_url(re.compile(r"/sign-in\?next=/conversations$"))
+    page.get_by_label("Token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{console}/conversations")
+    expect(page.locator("header .who")).to_contain_text("ben")
+
+    row(page, rows[1].conversation_id).locator("input").check()
+    page.get_by_role("button", name="Create training files").click()
+    panel = page.locator("#create-panel")
+    panel.locator("#target").select_option(record.training_file_id)
+    refusal = "only the creator of \"Ana's file\" (ana) or an admin may add to it"
+    panel.get_by_role("button", name="Check").click()
+    expect(panel.locator("#outcome")).to_have_text(refusal)
+    panel.get_by_role("button", name="Submit request").click()
+    expect(panel.locator("#outcome")).to_have_text(refusal)
+    expect(panel.locator("#submit")).to_be_enabled()
+    assert [r.id for r in pipeline.db.list_requests()] == [request.id]

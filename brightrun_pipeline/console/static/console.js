@@ -276,6 +276,11 @@
       rejected: " was rejected.",
       failed: " failed.",
     }[request.status] || " is " + request.status + ".");
+    if (!request.finished) {
+      var file = request.training_file_name || request.new_file_name;
+      text.textContent += " (" + request.conversation_count + " conversation" +
+          (request.conversation_count === 1 ? "" : "s") + (file ? " for " + file : "") + ")";
+    }
     if (request.status === "succeeded" && request.training_file_id) {
       text.textContent = name + " succeeded: ";
       text.appendChild(fileLink(request, (request.training_file_name || "the training file") +
