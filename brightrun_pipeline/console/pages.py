@@ -51,9 +51,13 @@ def render(request: Request, template: str, context: dict[str, Any],
 
 def _safe_next(target: str | None) -> str:
     # Only a path on this site: never an absolute URL an attacker could plant in the link.
-    if not target or not target.startswith("/") or target.startswith("//"):
+    if (not target or not target.startswith("/") or target.startswith("//")
+            or "\\" in target):  # browsers read a backslash as a slash
         return "/conversations"
+    # urlsplit drops tabs and newlines as browsers do: "/\t/x" is "//x", another host.
     parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return "/conversations"
     return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
