@@ -253,7 +253,8 @@ def check_selection(pipeline: Pipeline, conversation_ids: list[Any], *,
     target = (f"training file {valid.existing_file.name!r}" if valid.existing_file else
               f"new training file {valid.new_file_name!r}")
     return SelectionCheck(ok=True, target=target,
-                          message=f"{len(valid.rows)} conversations can be added "
+                          message=f"{len(valid.rows)} conversation"
+                                  f"{'' if len(valid.rows) == 1 else 's'} can be added "
                                   f"to {target}")
 
 
