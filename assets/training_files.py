@@ -9,12 +9,15 @@ from assets.catalog import enriched_conversations
 from assets.partitions import ATTEMPT_TAG, REQUEST_TAG, training_files_partitions
 from brightrun_pipeline.db.repository import VersionRecord
 from brightrun_pipeline.errors import BrightRunError
+from brightrun_pipeline.outputs import BY_NAME, EXPORTS
 from brightrun_pipeline.queries import version_lineage
 from brightrun_pipeline.service import Pipeline, StagedVersion, VersionPlan
 from resources import BrightRunResource
 
 JSON_KEY = dg.AssetKey("training_file_json")
 JSONL_KEY = dg.AssetKey("training_file_jsonl")
+JSON_CHECKS = ("matches_v4_format", "unique_conversations", "header_matches_membership",
+               "manifest_matches_objects")
 
 
 @contextmanager
@@ -103,6 +106,11 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
             ("lines_equal_pairs", "Every JSONL line equals its pair in the JSON, in order."),
             ("unique_ids", "Every JSONL id is unique."),
         )
+    ] + [
+        # The exports derived from the JSONL (brightrun_pipeline.outputs), one check each.
+        dg.AssetCheckSpec(export.check_name, asset=JSONL_KEY, blocking=True,
+                          description=export.check_description)
+        for export in EXPORTS
     ],
 )
 def training_file_objects(
@@ -118,8 +126,7 @@ def training_file_objects(
         context.log.info("the file moved on and no changed source is left to rebuild")
         return
     for name, outcome in staged.checks.items():
-        asset = JSONL_KEY if name in ("line_count_matches", "lines_equal_pairs", "unique_ids") \
-            else JSON_KEY
+        asset = JSON_KEY if name in JSON_CHECKS else JSONL_KEY
         yield dg.AssetCheckResult(check_name=name, asset_key=asset, passed=outcome.passed,
                                   metadata={"detail": outcome.detail})
     if not staged.passed:
@@ -149,6 +156,8 @@ def training_file_objects(
         "sha256": built.jsonl.sha256,
         "size_bytes": built.jsonl.size,
         "lines": built.trainable_pair_count,
+        **{f"{BY_NAME[name].format}_export": dg.MetadataValue.json(item.model_dump())
+           for name, item in built.exports.items()},
     })
 
 

@@ -43,6 +43,8 @@ from brightrun_pipeline.models import (
     ScaffoldingDistribution,
     TrainingFileMetadata,
 )
+from brightrun_pipeline.outputs import BY_NAME, EXPORTS
+from brightrun_pipeline.outputs.base import LineExport
 from brightrun_pipeline.rules import quality_tier
 from brightrun_pipeline.sources import FetchedSource, ParsedSource, fetch_sources, parse_source
 from brightrun_pipeline.storage import ObjectStore
@@ -107,6 +109,8 @@ class PreviousVersion:
     jsonl_size: int
     body_start: int
     body_end: int
+    # The exports the version holds (name → object), carried over on an append.
+    exports: dict[str, ManifestObject] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,9 @@ class BuildSpec:
     previous: PreviousVersion | None
     additions: list[IncomingConversation]
     rebuilds: list[IncomingConversation] = field(default_factory=list)
+    # The exports to write (names registered in brightrun_pipeline.outputs): every one for a
+    # new version; those a published version had when it is reproduced.
+    exports: tuple[str, ...] = tuple(e.name for e in EXPORTS)
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class BuiltVersion:
     json: ManifestObject
     jsonl: ManifestObject
     manifest: ManifestObject
+    exports: dict[str, ManifestObject]
     body_start: int
     body_end: int
     conversation_count: int
@@ -679,8 +687,8 @@ def build_version(
     version N). Nothing is published here: the objects are written, the caller checks and commits.
     """
     tid = spec.training_file_id
-    keys = {name: object_key(tid, spec.version, name)
-            for name in ("training.json", "training.jsonl", "manifest.json")}
+    names = ("training.json", "training.jsonl", *spec.exports, "manifest.json")
+    keys = {name: object_key(tid, spec.version, name) for name in names}
     scratch = outputs.scratch_dir(output_bucket)
     sweep_dead_builds(scratch)
     work = scratch / f"build-{uuid.uuid4().hex}"
@@ -691,7 +699,7 @@ def build_version(
             built = _build(spec, members, keys, work, stack, sources=sources,
                            source_bucket=source_bucket, outputs=outputs,
                            output_bucket=output_bucket, concurrency=concurrency, retry=retry)
-        for name in ("training.json", "training.jsonl", "manifest.json"):
+        for name in names:
             try:
                 outputs.put_file(output_bucket, keys[name], work / name)
             except ObjectExists as exc:
@@ -966,6 +974,9 @@ def _build(
     if not appending:
         jsonl_out.sync()
     jsonl_object = jsonl_out.result(keys["training.jsonl"])
+    exports = {name: _write_export(BY_NAME[name].export, spec, work, keys[name], outputs,
+                                   output_bucket, durable=durable, appending=appending)
+               for name in spec.exports}
 
     # manifest.json
     manifest_out = stack.enter_context(
@@ -979,7 +990,8 @@ def _build(
         "request_ids": spec.request_ids,
         "reason": spec.reason,
         "files": {"training.json": json_object.model_dump(),
-                  "training.jsonl": jsonl_object.model_dump()},
+                  "training.jsonl": jsonl_object.model_dump(),
+                  **{name: item.model_dump() for name, item in exports.items()}},
     }, option=orjson.OPT_INDENT_2)
     manifest_out.write(head[:-2] + b',\n  "conversations": [\n')
     manifest_entries.seek(0)
@@ -992,6 +1004,7 @@ def _build(
         json=json_object,
         jsonl=jsonl_object,
         manifest=manifest_out.result(keys["manifest.json"]),
+        exports=exports,
         body_start=body_start,
         body_end=body_end,
         conversation_count=totals.conversations,
@@ -1005,6 +1018,30 @@ def _build(
         rebuilt_members=rebuilt_members,
         source_fetch_retries=fetch_retries,
     )
+
+
+def _write_export(export: LineExport | None, spec: BuildSpec, work: Path, key: str,
+                  outputs: ObjectStore, output_bucket: str, *, durable: bool,
+                  appending: bool) -> ManifestObject:
+    """Write one export from the finished training.jsonl: on an append, the previous version's
+    export is copied (checked against its hash) and only the new lines are derived."""
+    assert export is not None, "only exports derived from the JSONL are written here"
+    previous = spec.previous
+    carried = previous.exports.get(export.name) if appending and previous else None
+    with open(work / export.name, "wb") as raw, \
+            HashingWriter(raw, durable=durable) as out, \
+            open(work / "training.jsonl", "rb") as lines:
+        if carried is not None:
+            assert previous is not None
+            with outputs.open_read(output_bucket, carried.key) as old:
+                copy_verified_prefix(old, out, carried.sha256, carried.size,
+                                     f"{export.name} of version {previous.version}")
+            # The new lines follow the previous version's JSONL, byte for byte.
+            lines.seek(previous.jsonl_size)
+        for line in lines:
+            out.write(export.row(line))
+        out.sync()
+        return out.result(key)
 
 
 def _placed(member: MemberRecord, *, tid: str, position: int) -> MemberRecord:

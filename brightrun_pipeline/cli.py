@@ -27,6 +27,7 @@ from brightrun_pipeline.db.repository import Database, TrainingFileRecord
 from brightrun_pipeline.errors import BrightRunError, RequestRejected, UsageError
 from brightrun_pipeline.factory import Services, open_services
 from brightrun_pipeline.models import SelectionRequest
+from brightrun_pipeline.outputs import OUTPUTS
 from brightrun_pipeline.rules import normalize_uuid
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import ObjectStore
@@ -409,16 +410,16 @@ def _report_final(app: App, request_id: str) -> None:
 
 @files.command("download")
 @click.argument("file_ref", metavar="FILE")
-@click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "manifest"]), required=True)
+@click.option("--format", "fmt", type=click.Choice([o.format for o in OUTPUTS]), required=True)
 @click.option("--version", type=click.IntRange(min=1), help="A pinned version (default: current).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write it ('-' for standard output).")
 @pass_app
 def files_download(app: App, file_ref: str, fmt: str, version: int | None, output: Path) -> None:
-    """Download the JSON, the JSONL or the manifest of a version."""
+    """Download one output of a version: the JSON, the JSONL, an export or the manifest."""
     file = app.file(file_ref)
     record = queries.get_version(app.pipeline, file, version)
-    key = queries.download_key(file, record, fmt)
+    key = queries.download_object(app.pipeline, file, record, fmt)[1].key
     with app.store.open_read(app.settings.training_bucket, key) as stream:
         if str(output) == "-":
             shutil.copyfileobj(stream, sys.stdout.buffer, 1 << 20)
@@ -443,9 +444,10 @@ def files_verify(app: App, file_ref: str, version: int | None) -> None:
 
     file = app.file(file_ref)
     comparisons = reproduce_version(app.pipeline, file.id, version)
+    width = max(len(item.name) for item in comparisons)
     for item in comparisons:
         state = "same" if item.matches else "DIFFERENT"
-        click.echo(f"{item.name:<15} {state:<9} published {item.published_sha256}  "
+        click.echo(f"{item.name:<{width}} {state:<9} published {item.published_sha256}  "
                    f"rebuilt {item.rebuilt_sha256}")
     if not all(item.matches for item in comparisons):
         raise ProcessingFailed("the rebuild does not reproduce the published version")
@@ -722,8 +724,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (OperationalError, ProgrammingError) as exc:
         if "no such table" in str(exc) or "does not exist" in str(exc):
-            click.echo("error: the database has no BrightRun schema yet; run `brightrun init`",
-                       err=True)
+            click.echo("error: the database has no BrightRun schema, or an older one; run "
+                       "`brightrun init` (it creates or upgrades it)", err=True)
         else:
             click.echo(f"error: database: {exc.orig}", err=True)
         sys.exit(1)

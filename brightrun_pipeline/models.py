@@ -234,7 +234,8 @@ class Manifest(_Closed):
     dagster_run_id: str | None
     request_ids: list[str]
     reason: str
-    files: dict[Literal["training.json", "training.jsonl"], ManifestObject]
+    # training.json, training.jsonl and every export the version holds (by object name).
+    files: dict[str, ManifestObject]
     conversations: list[ManifestConversation]
 
 

@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
-from brightrun_pipeline.db.repository import CatalogRow, TrainingFileRecord, VersionRecord
+from brightrun_pipeline.db.repository import (
+    CatalogRow,
+    ObjectRecord,
+    TrainingFileRecord,
+    VersionRecord,
+)
 from brightrun_pipeline.errors import NotFound, RequestRejected, UsageError
 from brightrun_pipeline.models import Manifest, SelectionRequest
+from brightrun_pipeline.outputs import OUTPUTS, Output, output_for_format
 from brightrun_pipeline.rules import (
     ConversationFacts,
     already_in,
@@ -40,8 +46,8 @@ CONVERSATION_SORTS: dict[str, str] = {
 ConversationSort = Literal["conversation_id", "batch_id", "title", "status", "persona", "arc",
                            "topic", "tier", "quality", "created", "updated", "eligible"]
 MAX_PAGE_SIZE = 500
-DOWNLOAD_FORMATS = {"json": "training.json", "jsonl": "training.jsonl",
-                    "manifest": "manifest.json"}
+# The objects every version has, including those recorded before objects were listed by name.
+BASE_OUTPUT_NAMES = frozenset({"training.json", "training.jsonl", "manifest.json"})
 
 
 # --- Conversations -------------------------------------------------------------------------
@@ -357,6 +363,9 @@ class VersionRow(BaseModel):
     json_sha256: str
     jsonl_sha256: str
     manifest_sha256: str
+    # The download formats this version has (versions published before an output existed lack
+    # it).
+    formats: list[str]
 
 
 class FileDetail(BaseModel):
@@ -419,6 +428,7 @@ def version_rows(pipeline: Pipeline, file_id: str) -> list[VersionRow]:
     """Every published version of a file, newest first."""
     versions = pipeline.db.list_versions(file_id)
     requests = pipeline.db.requests_by_id(i for v in versions for i in v.request_ids)
+    names = pipeline.db.version_object_names(file_id)
     rows = []
     for v in reversed(versions):
         who = sorted({requests[i].requested_by for i in v.request_ids
@@ -429,7 +439,9 @@ def version_rows(pipeline: Pipeline, file_id: str) -> list[VersionRow]:
             conversations=v.conversation_count, training_pairs=v.training_pair_count,
             trainable_pairs=v.trainable_pair_count, jsonl_lines=v.jsonl_line_count,
             json_bytes=v.json_size, jsonl_bytes=v.jsonl_size, json_sha256=v.json_sha256,
-            jsonl_sha256=v.jsonl_sha256, manifest_sha256=v.manifest_sha256))
+            jsonl_sha256=v.jsonl_sha256, manifest_sha256=v.manifest_sha256,
+            formats=[o.format for o in OUTPUTS
+                     if o.name in names.get(v.version, BASE_OUTPUT_NAMES)]))
     return rows
 
 
@@ -452,31 +464,44 @@ def get_version(pipeline: Pipeline, file: TrainingFileRecord, version: int | Non
     return record
 
 
-def download_key(file: TrainingFileRecord, record: VersionRecord, fmt: str) -> str:
-    """The object key of one output of a version, refusing a version row that points anywhere
-    but at this file's own objects."""
+def version_objects(pipeline: Pipeline, record: VersionRecord) -> list[ObjectRecord]:
+    """The objects of a published version (for versions recorded before objects were listed by
+    name: their three columns)."""
+    return pipeline.db.version_objects(record.training_file_id, record.version) or [
+        ObjectRecord("training.json", record.json_key, record.json_sha256, record.json_size),
+        ObjectRecord("training.jsonl", record.jsonl_key, record.jsonl_sha256, record.jsonl_size),
+        ObjectRecord("manifest.json", record.manifest_key, record.manifest_sha256, None)]
+
+
+def download_object(pipeline: Pipeline, file: TrainingFileRecord, record: VersionRecord,
+                    fmt: str) -> tuple[Output, ObjectRecord]:
+    """The output a download format names and its object in a version, refusing a version whose
+    records point anywhere but at this file's own objects."""
     from brightrun_pipeline.builder import object_key
     from brightrun_pipeline.errors import BrightRunError
 
-    if fmt not in DOWNLOAD_FORMATS:
-        raise UsageError(f"format must be one of {', '.join(DOWNLOAD_FORMATS)}, got {fmt!r}")
-    key = {"json": record.json_key, "jsonl": record.jsonl_key,
-           "manifest": record.manifest_key}[fmt]
-    own = object_key(file.id, record.version, DOWNLOAD_FORMATS[fmt])
-    if key != own:
+    output = output_for_format(fmt)
+    if output is None:
+        raise UsageError(f"format must be one of {', '.join(o.format for o in OUTPUTS)}, "
+                         f"got {fmt!r}")
+    found = {o.name: o for o in version_objects(pipeline, record)}.get(output.name)
+    if found is None:
+        raise NotFound(f"version {record.version} of {file.name!r} has no {output.format} "
+                       "output (it was published before that output existed)")
+    own = object_key(file.id, record.version, output.name)
+    if found.key != own:
         raise BrightRunError(f"version {record.version} of {file.name!r} records the key "
-                             f"{key!r}, not its own {own!r}; refusing to download it")
-    return key
+                             f"{found.key!r}, not its own {own!r}; refusing to download it")
+    return output, found
 
 
-def download_name(file: TrainingFileRecord, version: int, fmt: str) -> str:
+def download_name(file: TrainingFileRecord, version: int, output: Output) -> str:
     """A safe file name for a download: the file's name reduced to [A-Za-z0-9._-], the version
-    and the format's extension."""
+    and the output's own suffix (".json", ".jsonl", ".chat.jsonl", ".manifest.json", …)."""
     stem = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-"
                    for c in file.name).strip("-.") or "training-file"
     stem = "-".join(part for part in stem.split("-") if part)[:80]
-    suffix = {"json": ".json", "jsonl": ".jsonl", "manifest": ".manifest.json"}[fmt]
-    return f"{stem}-v{version}{suffix}"
+    return f"{stem}-v{version}.{output.name.removeprefix('training.')}"
 
 
 # --- Lineage -------------------------------------------------------------------------------

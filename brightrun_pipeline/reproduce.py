@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING
 
 from brightrun_pipeline.builder import BuildSpec, IncomingConversation, build_version
 from brightrun_pipeline.errors import ProcessingFailed, UsageError
+from brightrun_pipeline.outputs import EXPORTS
 from brightrun_pipeline.queries import read_manifest
 from brightrun_pipeline.storage import LocalObjectStore
 
 if TYPE_CHECKING:
     from brightrun_pipeline.service import Pipeline
+
+EXPORT_NAMES = frozenset(export.name for export in EXPORTS)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ def reproduce_version(pipeline: Pipeline, training_file_id: str,
         description=file.description, file_created_at=file.created_at,
         version=record.version, published_at=record.created_at, reason=record.reason,
         dagster_run_id=record.dagster_run_id, request_ids=list(record.request_ids),
-        vertical=None, consultant_profile=None, previous=None, additions=conversations)
+        vertical=None, consultant_profile=None, previous=None, additions=conversations,
+        # Exactly the exports the version was published with (older versions have none).
+        exports=tuple(name for name in manifest.files if name in EXPORT_NAMES))
     with tempfile.TemporaryDirectory(prefix="brightrun-verify-") as scratch:
         store = LocalObjectStore(Path(scratch))
         store.ensure_bucket("rebuild")
@@ -75,8 +80,13 @@ def reproduce_version(pipeline: Pipeline, training_file_id: str,
                 f"the source of conversation {entry.conversation_id} changed since version "
                 f"{record.version} was built; it cannot be reproduced from today's sources",
                 {entry.conversation_id: "source bytes differ from the manifest's sha256"})
-    return [
-        Comparison("training.json", record.json_sha256, built.json.sha256),
-        Comparison("training.jsonl", record.jsonl_sha256, built.jsonl.sha256),
-        Comparison("manifest.json", record.manifest_sha256, built.manifest.sha256),
-    ]
+    rebuilt = {"training.json": built.json.sha256, "training.jsonl": built.jsonl.sha256,
+               **{name: item.sha256 for name, item in built.exports.items()},
+               "manifest.json": built.manifest.sha256}
+    published = {o.name: o.sha256 for o in db.version_objects(training_file_id, record.version)}
+    # Versions recorded before objects were listed by name have only their three columns.
+    published = published or {"training.json": record.json_sha256,
+                              "training.jsonl": record.jsonl_sha256,
+                              "manifest.json": record.manifest_sha256}
+    return [Comparison(name, sha256, rebuilt.get(name, "(not rebuilt)"))
+            for name, sha256 in published.items()]

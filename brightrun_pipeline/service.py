@@ -28,6 +28,7 @@ from brightrun_pipeline.db.repository import (
     CatalogRow,
     Database,
     NewFile,
+    ObjectRecord,
     Publication,
     TrainingFileRecord,
     VersionRecord,
@@ -44,7 +45,8 @@ from brightrun_pipeline.errors import (
     is_retryable,
 )
 from brightrun_pipeline.liveness import Heartbeat
-from brightrun_pipeline.models import SelectionRequest
+from brightrun_pipeline.models import ManifestObject, SelectionRequest
+from brightrun_pipeline.outputs import EXPORTS, OUTPUT_NAMES
 from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.rules import (
     ConversationFacts,
@@ -59,12 +61,12 @@ from brightrun_pipeline.storage import ObjectStore
 if TYPE_CHECKING:
     from brightrun_pipeline.verification import CheckOutcome
 
+EXPORT_NAMES = frozenset(e.name for e in EXPORTS)
 TRAINING_FILE_NAMESPACE = uuid.UUID("6f1d7c52-3b8e-5d0a-9a44-1c2b7e9f0d35")
 OPEN_STATUSES = ("pending", "queued", "running", "failed")
 # Holders of a claimed request (selection_requests.claimed_by).
 SENSOR_HOLDER = "sensor"
 CLI_HOLDER = "cli"
-OUTPUT_NAMES = ("training.json", "training.jsonl", "manifest.json")
 
 
 def utc_now() -> datetime:
@@ -365,7 +367,10 @@ class Pipeline:
             version=record.version, json_key=record.json_key, json_sha256=record.json_sha256,
             json_size=record.json_size, jsonl_key=record.jsonl_key,
             jsonl_sha256=record.jsonl_sha256, jsonl_size=record.jsonl_size,
-            body_start=record.json_body_start, body_end=record.json_body_end)
+            body_start=record.json_body_start, body_end=record.json_body_end,
+            exports={o.name: ManifestObject(key=o.key, sha256=o.sha256, size=o.size)
+                     for o in self.db.version_objects(file_id, version)
+                     if o.name in EXPORT_NAMES and o.size is not None})
 
     def stage(self, plan: VersionPlan) -> StagedVersion | None:
         """Reserve the plan's version, write its objects and run the blocking checks.
@@ -512,6 +517,9 @@ class Pipeline:
             published_at=spec.published_at,
             build_owner=staged.owner,
             request_attempt=plan.attempt,
+            objects=[ObjectRecord(name, item.key, item.sha256, item.size) for name, item in (
+                ("training.json", built.json), ("training.jsonl", built.jsonl),
+                *built.exports.items(), ("manifest.json", built.manifest))],
         )
         try:
             self.db.publish_version(publication, plan.request_ids)

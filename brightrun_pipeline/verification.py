@@ -6,6 +6,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -28,6 +29,7 @@ from brightrun_pipeline.models import (
     TrainingConversation,
     TrainingFileMetadata,
 )
+from brightrun_pipeline.outputs import BY_NAME
 from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.storage import ObjectStore
 
@@ -70,13 +72,59 @@ def verify_built_version(pipeline: Pipeline, built: BuiltVersion) -> dict[str, C
     """
     spec = built.spec
     appending = spec.previous is not None and not spec.rebuilds
+    exports = {BY_NAME[name].export.check_name: _check_export(pipeline, built, name, appending)
+               for name in built.exports}
     if appending:
         report = _verify(pipeline, built, carried=spec.previous)
         if CARRIED not in report:
-            return report
+            return {**report, **exports}
     report = _verify(pipeline, built, carried=None)
     report.pop(CARRIED, None)
-    return report
+    return {**report, **exports}
+
+
+def _check_export(pipeline: Pipeline, built: BuiltVersion, name: str,
+                  appending: bool) -> CheckOutcome:
+    """An export's blocking check: one row per JSONL line, each sound for the line it comes from
+    (the export's own rules), and the object is the one that was built. On an append the rows
+    copied from the previous version are compared with its export's hash, not parsed again."""
+    export = BY_NAME[name].export
+    assert export is not None
+    store, bucket = RetryingStore(pipeline.store, pipeline.retry), pipeline.training_bucket
+    built_object, previous = built.exports[name], built.spec.previous
+    carried = previous.exports.get(name) if appending and previous is not None else None
+    problems: list[str] = []
+    with store.open_read(bucket, built_object.key) as rows_raw, \
+            store.open_read(bucket, built.jsonl.key) as lines_raw:
+        rows, lines = _HashingReader(rows_raw), _HashingReader(lines_raw)
+        if carried is not None:
+            assert previous is not None
+            _skip(rows, carried.size)
+            _skip(lines, previous.jsonl_size)
+            if rows.hash.copy().hexdigest() != carried.sha256:
+                problems.append(f"the rows copied from version {previous.version} differ from "
+                                "its export")
+        rows_seen = lines_seen = 0
+        for number, (row, line) in enumerate(
+                zip_longest(_iter_lines(rows), _iter_lines(lines)), start=1):
+            rows_seen += row is not None
+            lines_seen += line is not None
+            if row is None or line is None:
+                continue
+            try:
+                parsed, pair = orjson.loads(row), orjson.loads(line)
+            except orjson.JSONDecodeError:
+                problems.append(f"new row {number} or its JSONL line is not JSON")
+                continue
+            problems += [f"new row {number}: {p}" for p in export.problems(parsed, pair)]
+        if rows_seen != lines_seen:
+            # Named first: one missing row puts every later row against the wrong line.
+            problems.insert(0, f"{'fewer' if rows_seen < lines_seen else 'more'} rows than "
+                               f"JSONL lines ({rows_seen} new rows, {lines_seen} new lines)")
+        _skip(rows, 1 << 62)
+        if (rows.hash.hexdigest(), rows.size) != (built_object.sha256, built_object.size):
+            problems.append(f"{name} is not the object that was built")
+    return CheckOutcome(not problems, "; ".join(problems[:5]) or "ok")
 
 
 def _verify(pipeline: Pipeline, built: BuiltVersion,
@@ -391,6 +439,14 @@ def _check_manifest(data: bytes, built: BuiltVersion, json_object: tuple[str, in
         return
     if hashlib.sha256(data).hexdigest() != built.manifest.sha256:
         found.append("manifest.json is not the manifest that was built")
+    expected_names = ["training.json", "training.jsonl", *built.exports]
+    if list(manifest.files) != expected_names:
+        found.append(f"manifest lists {list(manifest.files)}, the version has {expected_names}")
+        return
+    for name, item in built.exports.items():
+        if manifest.files[name] != item:
+            found.append(f"{name}: manifest says {manifest.files[name].sha256}, built "
+                         f"{item.sha256}")
     for name, (sha, size) in (("training.json", json_object), ("training.jsonl", jsonl_object)):
         entry = manifest.files[name]
         if (entry.sha256, entry.size) != (sha, size):

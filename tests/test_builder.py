@@ -48,6 +48,7 @@ from brightrun_pipeline.errors import (
     StaleVersion,
     TransientStorageError,
 )
+from brightrun_pipeline.outputs import EXPORTS
 from brightrun_pipeline.reproduce import reproduce_version
 from brightrun_pipeline.retry import call_with_retry
 from brightrun_pipeline.s3_store import S3ObjectStore
@@ -57,7 +58,8 @@ from brightrun_pipeline.storage import LocalObjectStore
 
 EXAMPLE_FILE_ID = "39492960-0ef4-5748-8da6-403ed14c1b18"
 EXAMPLE_PUBLISHED = datetime(2025, 12, 1, 9, 30, tzinfo=UTC)
-OBJECT_NAMES = ("training.json", "training.jsonl", "manifest.json")
+EXPORT_NAMES = tuple(export.name for export in EXPORTS)
+OBJECT_NAMES = ("training.json", "training.jsonl", *EXPORT_NAMES, "manifest.json")
 BODY_OPEN = b'\n  "conversations": [\n'
 BODY_CLOSE = b"\n  ]\n}"
 
@@ -189,7 +191,8 @@ def build_example(root: Path) -> dict[str, bytes]:
 
 def test_the_worked_example_is_reproduced(tmp_path: Path) -> None:
     built = build_example(tmp_path)
-    expected = {name: (EXAMPLE_DIR / "expected" / name).read_bytes() for name in OBJECT_NAMES}
+    expected = {name: (EXAMPLE_DIR / "expected" / name).read_bytes()
+                for name in ("training.json", "training.jsonl", "manifest.json")}
 
     assert built["training.json"] == expected["training.json"]
     assert built["training.jsonl"] == expected["training.jsonl"]
@@ -199,7 +202,14 @@ def test_the_worked_example_is_reproduced(tmp_path: Path) -> None:
                   last_updated="2025-12-01T09:30:00+00:00", created_date="2025-12-01")
     manifest = orjson.loads(built["manifest.json"])
     assert manifest.pop("reason") == "request"
+    # The contract's manifest, plus one entry per export derived from the JSONL.
+    exports = {name: manifest["files"].pop(name) for name in EXPORT_NAMES}
     assert manifest == orjson.loads(expected["manifest.json"])
+    for name, entry in exports.items():
+        data = built[name]
+        assert entry == {"key": f"{EXAMPLE_FILE_ID}/v1/{name}",
+                         "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        assert data.count(b"\n") == built["training.jsonl"].count(b"\n")
 
 
 def test_building_the_same_spec_twice_gives_the_same_bytes(tmp_path: Path) -> None:
@@ -261,7 +271,7 @@ def test_versions_in_s3_are_built_added_to_and_reproduced(
     assert v2_jsonl.startswith(v1_objects[1])
     for version in (1, 2):
         comparisons = reproduce_version(pipeline, v1.training_file_id, version)
-        assert [c.matches for c in comparisons] == [True, True, True]
+        assert [(c.name, c.matches) for c in comparisons] == [(n, True) for n in OBJECT_NAMES]
 
 
 def test_scores_keep_every_digit_across_versions(

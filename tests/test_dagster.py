@@ -20,6 +20,7 @@ from brightrun_pipeline.db.schema import conversations, selection_requests
 from brightrun_pipeline.definitions import build_definitions
 from brightrun_pipeline.demo_data import reenrich_conversation
 from brightrun_pipeline.launcher import run_request_in_process
+from brightrun_pipeline.outputs import EXPORTS
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import LocalObjectStore
 from jobs import TRAINING_FILE_JOB
@@ -107,7 +108,7 @@ def test_request_run_publishes_a_checked_version(
     result = run_request(defs, instance, pipeline, request.id)
     assert result.success
     checks = check_results(result)
-    assert len(checks) == 7 and all(checks.values()), checks
+    assert len(checks) == 7 + len(EXPORTS) and all(checks.values()), checks
 
     stored = pipeline.db.get_request(request.id)
     assert stored is not None and stored.status == "succeeded" and stored.result_version == 1

@@ -27,6 +27,7 @@ from assets.partitions import REQUEST_TAG, TRAINING_FILE_TAG
 from brightrun_pipeline.config import Settings
 from brightrun_pipeline.definitions import build_definitions
 from brightrun_pipeline.launcher import run_request_in_process
+from brightrun_pipeline.outputs import EXPORTS
 from brightrun_pipeline.service import Pipeline
 from jobs import TRAINING_FILE_JOB
 from sensors import request_failure_sensor
@@ -38,7 +39,7 @@ BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backgr
                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TRAINING_ASSETS = ("training_file_membership", "training_file_json", "training_file_jsonl",
                    "training_file_version")
-CHECKS = {"training_file_json": 4, "training_file_jsonl": 3}
+CHECKS = {"training_file_json": 4, "training_file_jsonl": 3 + len(EXPORTS)}
 SCREENSHOTS = ("version_partition", "json_partition", "json_checks", "runs")
 
 

@@ -38,6 +38,7 @@ from brightrun_pipeline.db.repository import Database, VersionRecord
 from brightrun_pipeline.definitions import build_definitions
 from brightrun_pipeline.demo_data import DemoConversation, generate_demo_dataset
 from brightrun_pipeline.errors import SourceError, TransientStorageError
+from brightrun_pipeline.outputs import OUTPUT_NAMES
 from brightrun_pipeline.reproduce import reproduce_version
 from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.s3_store import S3ObjectStore
@@ -54,7 +55,6 @@ ATTEMPTS = RetrySettings().attempts
 TRANSIENT = ("500", "503", "slowdown", "reset", "cut", "timeout")
 # What a request may fail with without holding the client until its read timeout.
 QUICK = ("500", "503", "slowdown", "reset", "cut")
-OUTPUT_NAMES = ("training.json", "training.jsonl", "manifest.json")
 MULTIPART_CALLS = frozenset({"CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"})
 
 
@@ -142,7 +142,7 @@ def assert_verifies(pipeline: Pipeline, record: VersionRecord) -> None:
     """The version's objects are those its row records, and it rebuilds from its manifest."""
     assert_objects_recorded(pipeline, record)
     comparisons = reproduce_version(pipeline, record.training_file_id, record.version)
-    assert [c.matches for c in comparisons] == [True, True, True]
+    assert [(c.name, c.matches) for c in comparisons] == [(n, True) for n in OUTPUT_NAMES]
 
 
 def pending_uploads(client: BaseClient, bucket: str) -> list[str]:

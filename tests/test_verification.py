@@ -12,12 +12,16 @@ from seed import claimed_request, create_file, demo_dataset, eligible, seed_data
 from test_builder import replace_object
 
 from brightrun_pipeline.builder import BuiltVersion
+from brightrun_pipeline.outputs import BY_NAME, EXPORTS
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import LocalObjectStore
 from brightrun_pipeline.verification import verify_built_version
 
+# The exports are derived from the JSONL: a JSONL changed after the build breaks them too.
+EXPORT_CHECKS = {export.check_name for export in EXPORTS}
 CHECKS = {"matches_v4_format", "unique_conversations", "header_matches_membership",
-          "manifest_matches_objects", "line_count_matches", "lines_equal_pairs", "unique_ids"}
+          "manifest_matches_objects", "line_count_matches", "lines_equal_pairs",
+          "unique_ids"} | EXPORT_CHECKS
 
 
 @pytest.fixture(params=[1, 2], ids=["first-version", "added-version"])
@@ -173,8 +177,64 @@ def test_each_check_catches_its_tampering(pipeline: Pipeline, built: BuiltVersio
     assert tampered != original
     replace_object(store, pipeline.training_bucket, key, tampered)
 
-    # Any change to an object also breaks the manifest's record of it.
-    assert failed_checks(pipeline, built) == caught | {"manifest_matches_objects"}
+    # Any change to an object also breaks the manifest's record of it. The exports are checked
+    # against the JSONL lines they came from (tests below): a changed JSONL may break them too.
+    failed = failed_checks(pipeline, built)
+    if name == "training.jsonl":
+        failed -= EXPORT_CHECKS
+    assert failed == caught | {"manifest_matches_objects"}
+
+
+def _edit_rows(edit: Callable[[list[dict]], None]) -> Callable[[bytes], bytes]:
+    def tamper(data: bytes) -> bytes:
+        rows = [orjson.loads(line) for line in _lines(data)]
+        edit(rows)
+        return b"".join(orjson.dumps(row) + b"\n" for row in rows)
+    return tamper
+
+
+def _train_history(rows: list[dict]) -> None:
+    row = next(r for r in reversed(rows) if any("weight" in m for m in r["messages"][:-1]))
+    next(m for m in row["messages"][:-1] if "weight" in m)["weight"] = 1
+
+
+def _target_changed(rows: list[dict]) -> None:
+    rows[-1]["completion"][0]["content"] += " (edited)"
+
+
+def _roles_swapped(rows: list[dict]) -> None:
+    rows[-1]["prompt"][-1]["role"] = "assistant"
+
+
+EXPORT_TAMPERS: dict[str, tuple[str, Callable[[bytes], bytes], str]] = {
+    "chat-history-trained": ("training.chat.jsonl", _edit_rows(_train_history),
+                             "earlier assistant message is trained"),
+    "chat-row-removed": ("training.chat.jsonl", _remove_line, "fewer rows than JSONL lines"),
+    "chat-row-repeated": ("training.chat.jsonl", _repeat_line, "more rows than JSONL lines"),
+    "prompt-completion-target-changed": ("training.prompt_completion.jsonl",
+                                         _edit_rows(_target_changed), "not the pair's target"),
+    "prompt-completion-roles": ("training.prompt_completion.jsonl", _edit_rows(_roles_swapped),
+                                "where 'user' was due"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPORT_TAMPERS))
+def test_each_export_check_catches_its_tampering(pipeline: Pipeline, built: BuiltVersion,
+                                                 case: str) -> None:
+    name, tamper, reason = EXPORT_TAMPERS[case]
+    key = built.exports[name].key
+    store = pipeline.store
+    assert isinstance(store, LocalObjectStore)
+    original = store.get_bytes(pipeline.training_bucket, key)
+    tampered = tamper(original)
+    assert tampered != original
+    replace_object(store, pipeline.training_bucket, key, tampered)
+
+    report = verify_built_version(pipeline, built)
+
+    check = BY_NAME[name].export.check_name
+    assert {n for n, o in report.items() if not o.passed} == {check}
+    assert reason in report[check].detail
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
@@ -17,9 +18,13 @@ from brightrun_pipeline.db.repository import UserRecord
 from brightrun_pipeline.errors import Forbidden, ObjectNotFound, UsageError
 from brightrun_pipeline.factory import Services
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
+from brightrun_pipeline.outputs import OUTPUTS
 from brightrun_pipeline.users import may_add_to
 
 router = APIRouter(prefix="/api", tags=["api"])
+# The download formats, one per registered output (brightrun_pipeline.outputs).
+DownloadFormat = enum.Enum(  # type: ignore[misc]
+    "DownloadFormat", {o.format.replace("-", "_"): o.format for o in OUTPUTS}, type=str)
 # How long a presigned S3 download link stays valid.
 DOWNLOAD_URL_SECONDS = 300
 Caller = Annotated[Identity, Depends(require_identity)]
@@ -135,29 +140,30 @@ def file_lineage(services: ServicesDep, _: Caller, file_ref: str,
             responses={200: {"content": {"application/octet-stream": {}}},
                        307: {"description": "a short-lived presigned URL on S3"}})
 def download(services: ServicesDep, _: Caller, file_ref: str,
-             format: Literal["json", "jsonl", "manifest"] = "json",
+             format: DownloadFormat = DownloadFormat.json,  # type: ignore[attr-defined]
              version: Annotated[int | None, Query(ge=1)] = None) -> Response:
-    """The JSON, the JSONL or the manifest of a version (default: the current one)."""
+    """One output of a version (default: the current one): the JSON, the JSONL, an export or
+    the manifest."""
     pipeline = services.pipeline
     file = queries.find_file(pipeline, file_ref)
     record = queries.get_version(pipeline, file, version)
-    key = queries.download_key(file, record, format)
-    name = queries.download_name(file, record.version, format)
+    output, item = queries.download_object(pipeline, file, record, format.value)
+    key = item.key
+    name = queries.download_name(file, record.version, output)
     url = pipeline.store.download_url(pipeline.training_bucket, key, file_name=name,
                                       expires_in=DOWNLOAD_URL_SECONDS)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    size = {"json": record.json_size, "jsonl": record.jsonl_size}.get(format)
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
-    if size is not None:
-        headers["Content-Length"] = str(size)
-    media = "application/x-ndjson" if format == "jsonl" else "application/json"
+    if item.size is not None:
+        headers["Content-Length"] = str(item.size)
+    media = output.media_type
     # Opened before the answer starts: a missing object is an error, not a 200 cut short.
     opened = ExitStack()
     try:
         stream = opened.enter_context(services.store.open_read(pipeline.training_bucket, key))
     except ObjectNotFound as exc:
-        raise ServerFault(f"the {format} of version {record.version} of {file.name!r} is "
+        raise ServerFault(f"the {output.format} of version {record.version} of {file.name!r} is "
                           "missing from storage") from exc
     return StreamingResponse(_chunks(opened, stream), media_type=media, headers=headers)
 

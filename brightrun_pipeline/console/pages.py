@@ -28,6 +28,7 @@ from brightrun_pipeline.console.auth import (
     require_identity,
 )
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
+from brightrun_pipeline.outputs import OUTPUTS
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.users import authenticate
 
@@ -227,6 +228,6 @@ def training_file_page(request: Request, identity: Caller, ref: str) -> Response
     batches = {b.id: b.name for b in queries.list_batches(pipeline)}
     return render(request, "training_file.html", {
         "active": "files", "detail": detail, "file": detail.file, "lineage": lineage,
-        "batch_names": batches,
+        "batch_names": batches, "outputs": OUTPUTS,
         "in_conversations": conversations_url(DEFAULT_VIEW, file=detail.file.id),
     }, identity)

@@ -22,6 +22,7 @@ from brightrun_pipeline.db.schema import (
     selection_requests,
     training_file_builds,
     training_file_conversations,
+    training_file_version_objects,
     training_file_versions,
     training_files,
     users,
@@ -160,6 +161,17 @@ class BuildClaim(enum.Enum):
     MOVED = "moved"  # the file is no longer at the version the build was planned on
 
 
+@dataclass(frozen=True)
+class ObjectRecord:
+    """One object of a published version (size unknown only for manifests published before
+    objects were recorded by name)."""
+
+    name: str
+    key: str
+    sha256: str
+    size: int | None
+
+
 @dataclass
 class Publication:
     """Everything that changes, in one transaction, when a version is published."""
@@ -176,6 +188,18 @@ class Publication:
     build_owner: str | None = None
     # The attempt of the request(s) that built it (None: any attempt).
     request_attempt: int | None = None
+    # Every object of the version (training.json, training.jsonl, exports, manifest.json).
+    objects: list[ObjectRecord] = field(default_factory=list)
+
+
+def _first_items() -> sa.Subquery:
+    """Each conversation's Batch ID as a set (PostgreSQL): the batch job of its earliest batch
+    item, ties broken by item id, the rule of the catalog view (schema.catalog_view_sql) in one
+    ordered pass over ix_batch_items_conversation_first."""
+    return (sa.select(batch_items.c.conversation_id, batch_items.c.batch_job_id)
+            .distinct(batch_items.c.conversation_id)
+            .order_by(batch_items.c.conversation_id, batch_items.c.created_at, batch_items.c.id)
+            .subquery("first_items"))
 
 
 def _record(cls: type, row: sa.Row[Any]) -> Any:
@@ -244,19 +268,37 @@ class Database:
             raise ValueError(
                 f"cannot sort by {sort!r}; choose one of {', '.join(CATALOG_SORT_COLUMNS)}"
             )
-        query = self._catalog_filter(sa.select(*catalog_columns), **filters)
         order: sa.ColumnElement[Any] = (ELIGIBLE_CONDITION if sort == "eligible"
                                         else catalog.c[sort])
         if sort in ("created_at", "updated_at") and self.engine.dialect.name == "sqlite":
             # Text in any ISO-8601 form: compare the instants it denotes.
             order = sa.func.julianday(order)
         # Missing values go last either way, on SQLite and PostgreSQL alike (their defaults differ).
-        query = query.order_by((order.desc() if descending else order.asc()).nulls_last(),
-                               catalog.c.conversation_id.asc())
-        if limit is not None:
-            query = query.limit(limit)
-        if offset:
-            query = query.offset(offset)
+        ordering = ((order.desc() if descending else order.asc()).nulls_last(),
+                    catalog.c.conversation_id.asc())
+        if limit is None:
+            query = self._catalog_filter(sa.select(*catalog_columns), **filters).order_by(
+                *ordering).offset(offset or None)
+        else:
+            # A page: its conversation IDs first, from a query that reads only what the filters
+            # and the sort need (the view works a Batch ID out only where it is asked for, and an
+            # index on the sort column is read in order), then the page's rows in full.
+            keys = sa.select(catalog.c.conversation_id)
+            page_order = ordering
+            if (sort == "batch_id" and filters.get("batch_id") is None
+                    and self.engine.dialect.name == "postgresql"):
+                # Every conversation's Batch ID is needed to sort by it: one pass over the batch
+                # items' index costs a third of the view's subquery run once per conversation.
+                first = _first_items()
+                keys = keys.select_from(catalog.outerjoin(
+                    first, first.c.conversation_id == catalog.c.conversation_id))
+                batch = first.c.batch_job_id
+                page_order = ((batch.desc() if descending else batch.asc()).nulls_last(),
+                              catalog.c.conversation_id.asc())
+            page = self._catalog_filter(keys, **filters).order_by(
+                *page_order).limit(limit).offset(offset or None)
+            query = sa.select(*catalog_columns).where(
+                catalog.c.conversation_id.in_(page)).order_by(*ordering)
         with self.engine.connect() as connection:
             return [_record(CatalogRow, row) for row in connection.execute(query)]
 
@@ -480,6 +522,25 @@ class Database:
                     training_file_versions.c.training_file_id == file_id,
                     training_file_versions.c.version == version)).first()
             return None if row is None else _record(VersionRecord, row)
+
+    def version_objects(self, file_id: str, version: int) -> list[ObjectRecord]:
+        """The objects of a published version, in the order they were recorded."""
+        objects = training_file_version_objects
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(objects).where(
+                objects.c.training_file_id == file_id, objects.c.version == version,
+            ).order_by(objects.c.id))
+            return [_record(ObjectRecord, row) for row in rows]
+
+    def version_object_names(self, file_id: str) -> dict[int, set[str]]:
+        """The names of the objects of each version of a file that lists them."""
+        objects = training_file_version_objects
+        found: dict[int, set[str]] = {}
+        with self.engine.connect() as connection:
+            for row in connection.execute(sa.select(objects.c.version, objects.c.name).where(
+                    objects.c.training_file_id == file_id)):
+                found.setdefault(row.version, set()).add(row.name)
+        return found
 
     def list_versions(self, file_id: str) -> list[VersionRecord]:
         """Every published version of a file, oldest first."""
@@ -833,6 +894,11 @@ class Database:
                 self._advance_file(connection, publication, now)
             connection.execute(sa.insert(training_file_versions).values(
                 **{name: getattr(version, name) for name in VersionRecord.__dataclass_fields__}))
+            if publication.objects:
+                connection.execute(sa.insert(training_file_version_objects), [
+                    {"training_file_id": version.training_file_id, "version": version.version,
+                     "name": o.name, "key": o.key, "sha256": o.sha256, "size": o.size}
+                    for o in publication.objects])
             if publication.added_members:
                 connection.execute(sa.insert(training_file_conversations), [
                     {**_member_values(m), "created_at": now} for m in publication.added_members])

@@ -81,6 +81,14 @@ SOURCE_INDEXES = (
           batch_items.c.created_at, batch_items.c.id),
     Index("ix_batch_items_batch_job", batch_items.c.batch_job_id),
     Index("ix_conversations_updated_at", conversations.c.updated_at),
+    # The console's catalog (revision 0005): the view's Batch ID subquery read from the index
+    # alone, and pages sorted by title, or by created time on PostgreSQL (SQLite sorts created
+    # times by instant, `julianday`, which this index does not hold), read off an index.
+    Index("ix_batch_items_conversation_first", batch_items.c.conversation_id,
+          batch_items.c.created_at, batch_items.c.id, batch_items.c.batch_job_id),
+    Index("ix_conversations_created", conversations.c.created_at,
+          conversations.c.conversation_id).ddl_if(dialect="postgresql"),
+    Index("ix_conversations_title", conversations.c.title, conversations.c.conversation_id),
 )
 
 # --- Tables the pipeline owns --------------------------------------------------------------
@@ -156,6 +164,22 @@ training_file_conversations = Table(
     Index("ix_training_file_conversations_conversation", "conversation_id"),
 )
 
+# Every object of a published version, by name (training.json, training.jsonl, the exports,
+# manifest.json): written in the version's publication transaction.
+training_file_version_objects = Table(
+    "training_file_version_objects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("training_file_id", UUIDText, ForeignKey("training_files.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("name", String(120), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger),
+    UniqueConstraint("training_file_id", "version", "name",
+                     name="uq_training_file_version_objects_name"),
+)
+
 selection_requests = Table(
     "selection_requests",
     metadata,
@@ -219,7 +243,8 @@ users = Table(
 )
 
 OWNED_TABLES = (training_files, training_file_versions, training_file_conversations,
-                selection_requests, training_file_builds, run_heartbeats, users)
+                selection_requests, training_file_builds, run_heartbeats, users,
+                training_file_version_objects)
 
 CATALOG_VIEW = "conversation_catalog"
 
