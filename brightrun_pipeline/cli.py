@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 import orjson
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from tabulate import tabulate
 
@@ -28,7 +29,7 @@ from brightrun_pipeline.errors import BrightRunError, RequestRejected, UsageErro
 from brightrun_pipeline.factory import Services, open_services
 from brightrun_pipeline.models import SelectionRequest
 from brightrun_pipeline.outputs import OUTPUTS
-from brightrun_pipeline.rules import normalize_uuid
+from brightrun_pipeline.rules import FileSettings, normalize_uuid
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import ObjectStore
 
@@ -196,6 +197,8 @@ def _file_record(summary: queries.FileSummary) -> dict[str, Any]:
         "avg_quality": summary.quality.avg_quality_score,
         "json_bytes": summary.json_bytes, "jsonl_bytes": summary.jsonl_bytes,
         "created_at": summary.created_at, "updated_at": summary.updated_at,
+        "near_duplicates": summary.near_duplicates,
+        "validation_fraction": summary.validation_fraction,
     }
 
 
@@ -208,7 +211,8 @@ def files_list(app: App, fmt: str) -> None:
     records = [_file_record(summary) for summary in queries.list_files(app.pipeline)]
     if fmt == "table":
         for record in records:
-            for key in ("description", "owner", "created_at"):
+            for key in ("description", "owner", "created_at", "near_duplicates",
+                        "validation_fraction"):
                 record.pop(key)
     _emit(records, fmt)
 
@@ -236,7 +240,8 @@ def files_show(app: App, file_ref: str, fmt: str) -> None:
         _echo_json(summary)
         return
     for key in ("id", "name", "description", "owner", "status", "version", "conversations",
-                "training_pairs", "trainable_pairs", "avg_quality", "json_bytes", "jsonl_bytes"):
+                "training_pairs", "trainable_pairs", "avg_quality", "json_bytes", "jsonl_bytes",
+                "near_duplicates", "validation_fraction"):
         click.echo(f"{key:>16}: {summary[key] if summary[key] is not None else ''}")
     for key, counts in detail.file.scaffolding_distribution.items():
         click.echo(f"{key:>16}: " + ", ".join(f"{k}={n}" for k, n in counts.items()))
@@ -306,16 +311,55 @@ def _read_ids_file(path: Path) -> list[str]:
 @files.command("create")
 @click.argument("name")
 @click.option("--description", help="What the file is for.")
+@click.option("--validation-fraction", type=float, metavar="F",
+              help="Hold out this share of conversations for validation (0 < F <= 0.5).")
+@click.option("--near-duplicates", type=click.Choice(["warn", "block"]), default="warn",
+              show_default=True, help="What a near-duplicate conversation does to a request.")
 @selection_options
 @pass_app
-def files_create(app: App, name: str, description: str | None, conversation_ids: Sequence[str],
-                 ids_file: Path | None, batch_id: str | None, only_eligible: bool,
-                 wait: bool) -> None:
+def files_create(app: App, name: str, description: str | None,
+                 validation_fraction: float | None, near_duplicates: str,
+                 conversation_ids: Sequence[str], ids_file: Path | None, batch_id: str | None,
+                 only_eligible: bool, wait: bool) -> None:
     """Create a training file NAME from a selection of conversations."""
+    settings = _settings(near_duplicates=near_duplicates,
+                         validation_fraction=validation_fraction)
     ids = _selection(app, conversation_ids, ids_file, batch_id, only_eligible, None)
     request = app.pipeline.submit(conversation_ids=ids, new_file_name=name,
-                                  description=description, requested_by=_user())
+                                  description=description, requested_by=_user(),
+                                  settings=settings)
     _after_submit(app, request, wait)
+
+
+def _settings(**values: Any) -> FileSettings:
+    try:
+        return FileSettings(**values)
+    except ValidationError as exc:
+        raise UsageError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}"
+                                   for e in exc.errors())) from exc
+
+
+@files.command("configure")
+@click.argument("file_ref", metavar="FILE")
+@click.option("--validation-fraction", type=float, metavar="F",
+              help="Hold out this share of conversations for validation (0 < F <= 0.5).")
+@click.option("--no-validation-split", is_flag=True, help="Hold out nothing.")
+@click.option("--near-duplicates", type=click.Choice(["warn", "block"]),
+              help="What a near-duplicate conversation does to a request.")
+@pass_app
+def files_configure(app: App, file_ref: str, validation_fraction: float | None,
+                    no_validation_split: bool, near_duplicates: str | None) -> None:
+    """Change a training file's settings; they apply from its next version on."""
+    file = app.file(file_ref)
+    if validation_fraction is not None and no_validation_split:
+        raise UsageError("give --validation-fraction or --no-validation-split, not both")
+    fraction = (None if no_validation_split else validation_fraction
+                if validation_fraction is not None else file.validation_fraction)
+    settings = _settings(near_duplicates=near_duplicates or file.near_duplicates,
+                         validation_fraction=fraction)
+    app.db.configure_file(file.id, **settings.model_dump())
+    click.echo(f"{file.name}: near-duplicates {settings.near_duplicates}, validation fraction "
+               f"{settings.validation_fraction if settings.validation_fraction else 'none'}")
 
 
 @files.command("add")

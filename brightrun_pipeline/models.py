@@ -270,3 +270,5 @@ class SelectionRequest(BaseModel):
     # Who holds a claimed request ("sensor" or "cli") and when it last showed it was alive.
     claimed_by: str | None = None
     heartbeat_at: datetime | None = None
+    # The settings a new file starts with (as stored: checked when the request is validated).
+    new_file_settings: Any = None

@@ -343,6 +343,8 @@ class FileSummary(BaseModel):
     jsonl_bytes: int | None
     created_at: datetime
     updated_at: datetime
+    near_duplicates: str
+    validation_fraction: float | None
 
 
 class VersionRow(BaseModel):
@@ -406,7 +408,8 @@ def _summary(pipeline: Pipeline, file: TrainingFileRecord, version: VersionRecor
         scaffolding_distribution=header.get("scaffolding_distribution", {}),
         json_bytes=version.json_size if version else None,
         jsonl_bytes=version.jsonl_size if version else None,
-        created_at=file.created_at, updated_at=file.updated_at)
+        created_at=file.created_at, updated_at=file.updated_at,
+        near_duplicates=file.near_duplicates, validation_fraction=file.validation_fraction)
 
 
 def list_files(pipeline: Pipeline) -> list[FileSummary]:

@@ -6,6 +6,9 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from brightrun_pipeline.errors import RequestRejected
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
@@ -22,6 +25,15 @@ class ConversationFacts:
     conversation_id: str
     enrichment_status: str | None
     enriched_file_path: str | None
+
+
+class FileSettings(BaseModel):
+    """How a training file treats near-duplicates and how much it holds out for validation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    near_duplicates: Literal["warn", "block"] = "warn"
+    validation_fraction: float | None = Field(default=None, gt=0, le=0.5)
 
 
 def normalize_uuid(raw: object) -> str | None:

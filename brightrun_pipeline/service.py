@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from brightrun_pipeline.builder import (
     BuildSpec,
     BuiltVersion,
@@ -50,6 +52,7 @@ from brightrun_pipeline.outputs import EXPORTS, OUTPUT_NAMES
 from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.rules import (
     ConversationFacts,
+    FileSettings,
     check_request_size,
     check_selection,
     ineligibility_reason,
@@ -67,6 +70,18 @@ OPEN_STATUSES = ("pending", "queued", "running", "failed")
 # Holders of a claimed request (selection_requests.claimed_by).
 SENSOR_HOLDER = "sensor"
 CLI_HOLDER = "cli"
+
+
+def file_settings(raw: object) -> FileSettings:
+    """The settings a request gives its new file, or a rejection naming what is wrong."""
+    if raw is None:
+        return FileSettings()
+    try:
+        return FileSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in exc.errors())
+        raise RequestRejected(f"new_file_settings are not valid: {problems}") from exc
 
 
 def utc_now() -> datetime:
@@ -88,6 +103,8 @@ class ValidSelection:
     existing_file: TrainingFileRecord | None
     new_file_name: str | None
     rows: list[CatalogRow]
+    # The settings of the file (the existing file's, or those a new file starts with).
+    settings: FileSettings = field(default_factory=FileSettings)
 
 
 @dataclass(frozen=True)
@@ -188,19 +205,26 @@ class Pipeline:
                 raise RequestRejected(f"training file {request.training_file_id} does not exist")
             target = existing.id
             label = f"training file {existing.name!r}"
+            if request.new_file_settings is not None:
+                raise RequestRejected("settings go with a new training file; change an "
+                                      "existing file's with `brightrun files configure`")
+            settings = FileSettings(near_duplicates=existing.near_duplicates,  # type: ignore[arg-type]
+                                    validation_fraction=existing.validation_fraction)
         else:
             name = normalize_file_name(request.new_file_name)
             if self.db.file_name_taken(name):
                 raise RequestRejected(f"a training file named {name!r} already exists")
             target = new_file_id(request.id)
             label = f"new training file {name!r}"
+            settings = file_settings(request.new_file_settings)
         normalized = [cid for cid in (normalize_uuid(raw) for raw in raw_ids) if cid]
         rows = self.db.conversations_by_id(normalized)
         facts = {cid: ConversationFacts(cid, row.enrichment_status, row.enriched_file_path)
                  for cid, row in rows.items()}
         members = self.db.member_versions(existing.id, normalized) if existing else {}
         ordered = check_selection(raw_ids, facts, members, file_label=label)
-        return ValidSelection(request, target, existing, name, [rows[cid] for cid in ordered])
+        return ValidSelection(request, target, existing, name, [rows[cid] for cid in ordered],
+                              settings)
 
     # --- Submission ------------------------------------------------------------------------
 
@@ -213,6 +237,7 @@ class Pipeline:
         description: str | None = None,
         requested_by: str | None = None,
         request_id: str | None = None,
+        settings: FileSettings | None = None,
     ) -> SelectionRequest:
         """Validate a selection and store it as a pending request (nothing is stored if invalid)."""
         file_id = None
@@ -228,6 +253,7 @@ class Pipeline:
             new_file_description=description,
             conversation_ids=list(conversation_ids),
             requested_by=requested_by,
+            new_file_settings=settings.model_dump() if settings is not None else None,
         )
         self.validate(request)
         self.db.insert_request(request, utc_now())
@@ -304,7 +330,9 @@ class Pipeline:
             assert valid.new_file_name is not None
             new_file = NewFile(id=valid.target_file_id, name=valid.new_file_name,
                                description=request.new_file_description,
-                               created_by=request.requested_by, created_at=now)
+                               created_by=request.requested_by, created_at=now,
+                               near_duplicates=valid.settings.near_duplicates,
+                               validation_fraction=valid.settings.validation_fraction)
         spec = BuildSpec(
             training_file_id=valid.target_file_id,
             file_name=file.name if file else new_file.name,  # type: ignore[union-attr]

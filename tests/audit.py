@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from brightrun_pipeline.db.schema import run_heartbeats, training_file_builds
+from brightrun_pipeline.outputs import OUTPUT_NAMES
 from brightrun_pipeline.queries import read_manifest
 from brightrun_pipeline.reproduce import reproduce_version
 from brightrun_pipeline.service import Pipeline
@@ -37,13 +38,21 @@ def audit_file(pipeline: Pipeline, file_id: str, *, verify_every_version: bool =
     assert file is not None and file.current_version is not None
     versions = db.list_versions(file_id)
     assert [v.version for v in versions] == list(range(1, file.current_version + 1))
+    published: set[str] = set()
     for record in versions:
-        for key, sha, size in ((record.json_key, record.json_sha256, record.json_size),
-                               (record.jsonl_key, record.jsonl_sha256, record.jsonl_size),
-                               (record.manifest_key, record.manifest_sha256, None)):
-            data = store.get_bytes(bucket, key)
-            assert hashlib.sha256(data).hexdigest() == sha, f"{key} differs from its version row"
-            assert size is None or len(data) == size
+        objects = {o.name: o for o in db.version_objects(file_id, record.version)}
+        # Every object the version lists, and the three its row names (the same objects).
+        assert {(n, o.key, o.sha256) for n, o in objects.items() if n in ROW_OBJECTS} == {
+            ("training.json", record.json_key, record.json_sha256),
+            ("training.jsonl", record.jsonl_key, record.jsonl_sha256),
+            ("manifest.json", record.manifest_key, record.manifest_sha256)}
+        assert set(objects) == set(OUTPUT_NAMES), f"version {record.version}: {sorted(objects)}"
+        for item in objects.values():
+            data = store.get_bytes(bucket, item.key)
+            assert hashlib.sha256(data).hexdigest() == item.sha256, \
+                f"{item.key} differs from its record"
+            assert item.size is None or len(data) == item.size
+            published.add(item.key)
         if verify_every_version or record.version == file.current_version:
             mismatches = [c.name for c in reproduce_version(pipeline, file_id, record.version)
                           if not c.matches]
@@ -68,7 +77,6 @@ def audit_file(pipeline: Pipeline, file_id: str, *, verify_every_version: bool =
             assert request.id in request_ids_by_version[request.result_version]
             assert set(request.conversation_ids) <= set(manifest_ids)
     if not stray_objects_allowed:
-        published = {k for v in versions for k in (v.json_key, v.jsonl_key, v.manifest_key)}
         stored = set(store.list_keys(bucket, f"{file_id}/"))
         assert stored == published, f"objects of unpublished builds: {stored - published}"
     with db.engine.connect() as connection:
@@ -76,6 +84,9 @@ def audit_file(pipeline: Pipeline, file_id: str, *, verify_every_version: bool =
             training_file_builds).where(
                 training_file_builds.c.training_file_id == file_id)).scalar() == 0
     return AuditReport(len(versions), len(manifest_ids), succeeded)
+
+
+ROW_OBJECTS = ("training.json", "training.jsonl", "manifest.json")
 
 
 def no_run_heartbeats_left(pipeline: Pipeline) -> bool:

@@ -112,6 +112,8 @@ class TrainingFileRecord:
     status: str
     vertical: str | None
     consultant_profile: dict[str, Any] | None
+    near_duplicates: str = "warn"
+    validation_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ class NewFile:
     description: str | None
     created_by: str | None
     created_at: datetime
+    near_duplicates: str = "warn"
+    validation_fraction: float | None = None
 
 
 class BuildClaim(enum.Enum):
@@ -507,6 +511,13 @@ class Database:
                     version = VersionRecord(**values)
                 result.append((file, version))
         return result
+
+    def configure_file(self, file_id: str, **settings: Any) -> bool:
+        """Change a file's settings (near_duplicates, validation_fraction); False when the file
+        does not exist."""
+        with self.engine.begin() as connection:
+            return connection.execute(sa.update(training_files).where(
+                training_files.c.id == file_id).values(**settings)).rowcount == 1
 
     def get_version(self, file_id: str, version: int | None = None) -> VersionRecord | None:
         """A published version of a file (the current one when `version` is None)."""
@@ -933,7 +944,9 @@ class Database:
                     created_at=new.created_at, updated_at=now,
                     current_version=publication.version.version, status="ready",
                     vertical=publication.vertical,
-                    consultant_profile=publication.consultant_profile))
+                    consultant_profile=publication.consultant_profile,
+                    near_duplicates=new.near_duplicates,
+                    validation_fraction=new.validation_fraction))
         except IntegrityError as exc:
             if self.get_file_in(connection, new.id) is not None:
                 raise StaleVersion(f"training file {new.id} was already created") from exc

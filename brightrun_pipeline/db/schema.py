@@ -107,6 +107,10 @@ training_files = Table(
     Column("status", String(20), nullable=False),
     Column("vertical", Text),
     Column("consultant_profile", JSONDocument(keep_key_order=True)),
+    # "warn" or "block": what a near-duplicate of a conversation already in the file does.
+    Column("near_duplicates", String(10), nullable=False, server_default="warn"),
+    # The share of conversations held out for validation (NULL: no split).
+    Column("validation_fraction", Float),
 )
 
 training_file_versions = Table(
@@ -201,6 +205,9 @@ selection_requests = Table(
     # `--wait` process runs it itself), and when its holder last showed it was alive.
     Column("claimed_by", Text),
     Column("heartbeat_at", Timestamp),
+    # The settings a file created by this request starts with (brightrun_pipeline.rules
+    # FileSettings); NULL: the defaults.
+    Column("new_file_settings", JSONDocument),
     Index("ix_selection_requests_status_created", "status", "created_at"),
     Index("ix_selection_requests_target", "target_file_id"),
 )
