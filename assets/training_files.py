@@ -8,6 +8,7 @@ import dagster as dg
 from assets.catalog import enriched_conversations
 from assets.partitions import ATTEMPT_TAG, REQUEST_TAG, training_files_partitions
 from brightrun_pipeline.db.repository import VersionRecord
+from brightrun_pipeline.diff import diff_from_previous, markdown
 from brightrun_pipeline.errors import BrightRunError
 from brightrun_pipeline.outputs import BY_NAME, EXPORTS
 from brightrun_pipeline.queries import version_lineage
@@ -191,8 +192,11 @@ LINEAGE_TABLE_ROWS = 500
 
 
 def lineage_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.MetadataValue]:
-    """What a version's materialization shows in the UI: counts, hashes, keys, conversations."""
+    """What a version's materialization shows in the UI: counts, hashes, keys, conversations,
+    and what changed since the previous version (brightrun_pipeline.diff; approx_tokens as a
+    change only, counted on the conversations that changed)."""
     rows = version_lineage(pipeline, record.training_file_id, record.version)
+    changes = diff_from_previous(pipeline, record, token_totals=False)
     return {
         "version": dg.MetadataValue.int(record.version),
         "reason": dg.MetadataValue.text(record.reason),
@@ -214,4 +218,11 @@ def lineage_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.
                     "conversation_id", "batch_id", "persona", "arc", "topic", "quality",
                     "source_sha256", "added_in_version")]),
         ),
+        "changes": dg.MetadataValue.md(markdown(changes)),
+        "conversations_added": dg.MetadataValue.int(len(changes.added)),
+        "conversations_rebuilt": dg.MetadataValue.int(len(changes.rebuilt)),
+        "conversations_removed": dg.MetadataValue.int(len(changes.removed)),
+        "pairs_delta": dg.MetadataValue.int(changes.pairs.delta),
+        "trainable_pairs_delta": dg.MetadataValue.int(changes.trainable_pairs.delta),
+        "approx_tokens_delta": dg.MetadataValue.int(changes.approx_tokens.delta),
     }

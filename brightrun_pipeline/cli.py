@@ -498,6 +498,36 @@ def files_verify(app: App, file_ref: str, version: int | None) -> None:
     click.echo("verified: the rebuild reproduces the published bytes")
 
 
+@files.command("diff")
+@click.argument("file_ref", metavar="FILE")
+@click.argument("version_a", metavar="A", type=click.IntRange(min=1))
+@click.argument("version_b", metavar="B", type=click.IntRange(min=1))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@pass_app
+def files_diff(app: App, file_ref: str, version_a: int, version_b: int, fmt: str) -> None:
+    """What changed from version A to version B: conversations added, rebuilt and removed;
+    pairs, trainable pairs and approx_tokens; the persona, arc, topic and quality-tier mix."""
+    from brightrun_pipeline import diff
+
+    file = app.file(file_ref)
+    result = diff.diff_versions(app.pipeline, file.id, version_a, version_b)
+    if fmt == "json":
+        _echo_json(result.model_dump(mode="json"))
+        return
+    for line in diff.summary_lines(result):
+        click.echo(line)
+    for dimension in diff.MIX_DIMENSIONS:
+        rows = getattr(result.mix, dimension)
+        click.echo(f"\n{diff.MIX_TITLES[dimension]} mix")
+        click.echo(tabulate(
+            [[r.key or "(none)", r.count_a, r.count_b, diff.signed(r.count_b - r.count_a),
+              f"{r.share_a:.2f}", f"{r.share_b:.2f}", diff.signed(r.shift_pp)] for r in rows],
+            headers=["key", f"v{result.version_a}", f"v{result.version_b}", "change",
+                     f"share v{result.version_a} %", f"share v{result.version_b} %", "shift pp"],
+            disable_numparse=True, colalign=("left",) + ("right",) * 6))
+
+
 @files.command("rematerialize")
 @click.argument("file_ref", metavar="FILE", required=False)
 @click.option("--all", "all_files", is_flag=True, help="Every file with changed sources.")

@@ -1290,6 +1290,7 @@ API_ROUTES = {
     "/api/files/{file_ref}": {"get"},
     "/api/files/{file_ref}/versions": {"get"},
     "/api/files/{file_ref}/lineage": {"get"},
+    "/api/files/{file_ref}/diff": {"get"},
     "/api/files/{file_ref}/download": {"get"},
     "/api/selections/validate": {"post"},
     "/api/requests": {"post"},

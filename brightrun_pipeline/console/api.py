@@ -15,6 +15,7 @@ from brightrun_pipeline import queries
 from brightrun_pipeline.console.auth import CSRF_HEADER, Identity, check_csrf, require_identity
 from brightrun_pipeline.console.errors import ServerFault
 from brightrun_pipeline.db.repository import UserRecord
+from brightrun_pipeline.diff import VersionDiff, diff_versions
 from brightrun_pipeline.errors import Forbidden, ObjectNotFound, UsageError
 from brightrun_pipeline.factory import Services
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
@@ -134,6 +135,17 @@ def file_lineage(services: ServicesDep, _: Caller, file_ref: str,
     file = queries.find_file(services.pipeline, file_ref)
     queries.get_version(services.pipeline, file, version)
     return queries.version_lineage(services.pipeline, file.id, version)
+
+
+@router.get("/files/{file_ref}/diff")
+def version_diff(services: ServicesDep, _: Caller, file_ref: str,
+                 a: Annotated[int, Query(ge=1)], b: Annotated[int, Query(ge=1)],
+                 token_totals: bool = True) -> VersionDiff:
+    """What changed from version `a` to version `b`: conversations added, rebuilt and removed,
+    pairs, trainable pairs and approx_tokens, and the mix shift (`token_totals=false`: only the
+    change of approx_tokens, counted on the conversations that changed)."""
+    file = queries.find_file(services.pipeline, file_ref)
+    return diff_versions(services.pipeline, file.id, a, b, token_totals=token_totals)
 
 
 @router.get("/files/{file_ref}/download", response_model=None,

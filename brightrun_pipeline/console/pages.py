@@ -11,7 +11,7 @@ from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup, escape
@@ -27,6 +27,7 @@ from brightrun_pipeline.console.auth import (
     csrf_token,
     require_identity,
 )
+from brightrun_pipeline.diff import diff_from_previous, diff_versions, signed
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
 from brightrun_pipeline.outputs import OUTPUTS
 from brightrun_pipeline.service import Pipeline
@@ -142,7 +143,8 @@ def key(value: str | None) -> Markup:
     return Markup("—") if not value else escape(value).replace("_", Markup("_<wbr>"))
 
 
-FILTERS = {"file_size": file_size, "when": when, "score": score, "short": short, "key": key}
+FILTERS = {"file_size": file_size, "when": when, "score": score, "short": short, "key": key,
+           "signed": signed}
 
 
 def install_filters(env: Any) -> None:
@@ -219,15 +221,28 @@ def training_files_page(request: Request, identity: Caller) -> Response:
 
 
 @router.get("/training-files/{ref}", response_class=HTMLResponse)
-def training_file_page(request: Request, identity: Caller, ref: str) -> Response:
-    """One training file: its figures, downloads, version history and conversations."""
+def training_file_page(request: Request, identity: Caller, ref: str,
+                       a: Annotated[int | None, Query(ge=1)] = None,
+                       b: Annotated[int | None, Query(ge=1)] = None) -> Response:
+    """One training file: its figures, downloads, version history, the changes of its current
+    version, a comparison of any two versions (`a` and `b`) and its conversations."""
     pipeline = pipeline_of(request)
     detail = queries.file_detail(pipeline, ref)
-    lineage = (queries.version_lineage(pipeline, detail.file.id, None)
+    file_id = detail.file.id
+    lineage = (queries.version_lineage(pipeline, file_id, None)
                if detail.file.current_version is not None else [])
-    batches = {b.id: b.name for b in queries.list_batches(pipeline)}
+    batches = {batch.id: batch.name for batch in queries.list_batches(pipeline)}
+    # Only the change of approx_tokens: the totals would stream both JSONLs on every visit.
+    current = pipeline.db.get_version(file_id) if detail.file.current_version else None
+    changes = (diff_from_previous(pipeline, current, token_totals=False)
+               if current is not None and current.version > 1 else None)
+    compared = (diff_versions(pipeline, file_id, a, b, token_totals=False)
+                if a is not None and b is not None else None)
     return render(request, "training_file.html", {
         "active": "files", "detail": detail, "file": detail.file, "lineage": lineage,
         "batch_names": batches, "outputs": OUTPUTS,
-        "in_conversations": conversations_url(DEFAULT_VIEW, file=detail.file.id),
+        "in_conversations": conversations_url(DEFAULT_VIEW, file=file_id),
+        "changes": changes, "compared": compared,
+        "compare_a": a or (changes.version_a if changes else None),
+        "compare_b": b or detail.file.current_version,
     }, identity)
