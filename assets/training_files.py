@@ -7,6 +7,7 @@ import dagster as dg
 
 from assets.catalog import enriched_conversations
 from assets.partitions import ATTEMPT_TAG, REQUEST_TAG, training_files_partitions
+from assets.readiness import readiness_metadata
 from brightrun_pipeline.db.repository import VersionRecord
 from brightrun_pipeline.diff import diff_from_previous, markdown
 from brightrun_pipeline.errors import BrightRunError
@@ -177,7 +178,7 @@ def training_file_version(
     with reported_as_failure(), pipeline.request_outcome(plan.request_ids, context.run.run_id,
                                                          plan.attempt):
         record = pipeline.publish(staged)
-    return dg.MaterializeResult(metadata=lineage_metadata(pipeline, record))
+    return dg.MaterializeResult(metadata=version_metadata(pipeline, record))
 
 
 def run_attempt(run: dg.DagsterRun) -> int | None:
@@ -189,6 +190,14 @@ def run_attempt(run: dg.DagsterRun) -> int | None:
 # The UI's metadata table stays responsive up to a few hundred rows; `brightrun lineage file`
 # lists every conversation of any size of file.
 LINEAGE_TABLE_ROWS = 500
+
+
+def version_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.MetadataValue]:
+    """What a version's materialization shows: its lineage and its readiness report, the
+    conversations table last (it can be hundreds of rows long)."""
+    lineage = lineage_metadata(pipeline, record)
+    table = lineage.pop("conversation_lineage")
+    return {**lineage, **readiness_metadata(pipeline, record), "conversation_lineage": table}
 
 
 def lineage_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.MetadataValue]:

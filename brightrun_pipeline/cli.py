@@ -477,6 +477,26 @@ def files_download(app: App, file_ref: str, fmt: str, version: int | None, outpu
                f"{output.stat().st_size} bytes)", err=True)
 
 
+@files.command("report")
+@click.argument("file_ref", metavar="FILE")
+@click.option("--version", type=click.IntRange(min=1), help="A pinned version (default: current).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@pass_app
+def files_report(app: App, file_ref: str, version: int | None, fmt: str) -> None:
+    """Readiness report of a version: persona × arc × topic balance, quality and tiers,
+    human-reviewed share, lengths in characters and tokens, and the warnings (missing system
+    message, examples over BRIGHTRUN_CONTEXT_TOKENS, empty or very long responses)."""
+    from brightrun_pipeline import readiness
+
+    report = readiness.load_report(app.pipeline, app.file(file_ref).id, version)
+    if fmt == "json":
+        _echo_json(report.model_dump(mode="json"))
+        return
+    for line in readiness.summary_lines(report):
+        click.echo(line)
+
+
 @files.command("verify")
 @click.argument("file_ref", metavar="FILE")
 @click.option("--version", type=click.IntRange(min=1), help="A pinned version (default: current).")

@@ -37,6 +37,17 @@ class LifecycleSettings:
 
 
 @dataclass(frozen=True)
+class ReadinessSettings:
+    """The limits a version's readiness report warns against (brightrun_pipeline.readiness)."""
+
+    # The context length of the model the file will train: an example whose tokens (prompt,
+    # target and the chat format's framing) exceed it would be truncated.
+    context_tokens: int = 4096
+    # A target response with more tokens than this is listed as very long.
+    long_response_tokens: int = 1024
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the pipeline needs to know about where things live."""
 
@@ -55,6 +66,7 @@ class Settings:
     rematerialize_cron: str = "0 3 * * *"
     retry: RetrySettings = field(default_factory=RetrySettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    readiness: ReadinessSettings = field(default_factory=ReadinessSettings)
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -111,6 +123,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             max_delay=_float(env, "BRIGHTRUN_FETCH_MAX_DELAY", 5.0),
         ),
         lifecycle=_lifecycle(env),
+        readiness=ReadinessSettings(
+            context_tokens=_int(env, "BRIGHTRUN_CONTEXT_TOKENS", ReadinessSettings.context_tokens),
+            long_response_tokens=_int(env, "BRIGHTRUN_LONG_RESPONSE_TOKENS",
+                                      ReadinessSettings.long_response_tokens),
+        ),
     )
 
 

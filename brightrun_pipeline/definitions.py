@@ -53,6 +53,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
             stale_after_seconds=settings.lifecycle.stale_after_seconds,
             request_attempts=settings.lifecycle.request_attempts,
             build_wait_seconds=settings.lifecycle.build_wait_seconds,
+            context_tokens=settings.readiness.context_tokens,
+            long_response_tokens=settings.readiness.long_response_tokens,
         ),
     }
 

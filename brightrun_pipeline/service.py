@@ -24,7 +24,7 @@ from brightrun_pipeline.builder import (
     build_version,
     object_key,
 )
-from brightrun_pipeline.config import LifecycleSettings, RetrySettings, Settings
+from brightrun_pipeline.config import LifecycleSettings, ReadinessSettings, RetrySettings, Settings
 from brightrun_pipeline.db.repository import (
     BuildClaim,
     CatalogRow,
@@ -164,7 +164,8 @@ class Pipeline:
                  source_bucket: str = "conversation-files",
                  training_bucket: str = "training-files", fetch_concurrency: int = 16,
                  retry: RetrySettings | None = None,
-                 lifecycle: LifecycleSettings | None = None) -> None:
+                 lifecycle: LifecycleSettings | None = None,
+                 readiness: ReadinessSettings | None = None) -> None:
         self.db = db
         self.store = store
         self.source_bucket = source_bucket
@@ -172,6 +173,7 @@ class Pipeline:
         self.fetch_concurrency = fetch_concurrency
         self.retry = retry or RetrySettings()
         self.lifecycle = lifecycle or LifecycleSettings()
+        self.readiness = readiness or ReadinessSettings()
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database, store: ObjectStore) -> Pipeline:
@@ -179,7 +181,7 @@ class Pipeline:
         return cls(db, store, source_bucket=settings.source_bucket,
                    training_bucket=settings.training_bucket,
                    fetch_concurrency=settings.fetch_concurrency, retry=settings.retry,
-                   lifecycle=settings.lifecycle)
+                   lifecycle=settings.lifecycle, readiness=settings.readiness)
 
     # --- Rules -----------------------------------------------------------------------------
 

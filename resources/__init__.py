@@ -12,7 +12,12 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from assets.partitions import REQUEST_TAG, TRAINING_FILE_TAG
-from brightrun_pipeline.config import LifecycleSettings, RetrySettings, load_settings
+from brightrun_pipeline.config import (
+    LifecycleSettings,
+    ReadinessSettings,
+    RetrySettings,
+    load_settings,
+)
 from brightrun_pipeline.db.repository import Database
 from brightrun_pipeline.factory import open_database, open_store, s3_client
 from brightrun_pipeline.liveness import Heartbeat
@@ -108,6 +113,8 @@ class BrightRunResource(dg.ConfigurableResource):
     stale_after_seconds: float = LifecycleSettings.stale_after_seconds
     request_attempts: int = LifecycleSettings.request_attempts
     build_wait_seconds: float = LifecycleSettings.build_wait_seconds
+    context_tokens: int = ReadinessSettings.context_tokens
+    long_response_tokens: int = ReadinessSettings.long_response_tokens
 
     _pipeline: Pipeline | None = PrivateAttr(default=None)
     _heartbeat: Heartbeat | None = PrivateAttr(default=None)
@@ -141,7 +148,8 @@ class BrightRunResource(dg.ConfigurableResource):
                 retry=RetrySettings(self.fetch_attempts, self.fetch_base_delay,
                                     self.fetch_max_delay),
                 lifecycle=LifecycleSettings(self.heartbeat_seconds, self.stale_after_seconds,
-                                            self.request_attempts, self.build_wait_seconds))
+                                            self.request_attempts, self.build_wait_seconds),
+                readiness=ReadinessSettings(self.context_tokens, self.long_response_tokens))
             self._pipeline = Pipeline.from_settings(settings, self.database.database(),
                                                     self.storage.store())
         return self._pipeline

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.training_files import JSON_KEY, JSONL_KEY, lineage_metadata, training_file_objects
+from assets.training_files import JSON_KEY, JSONL_KEY, training_file_objects, version_metadata
 from brightrun_pipeline.db.repository import VersionRecord
 from brightrun_pipeline.service import Pipeline
 from jobs import TRAINING_FILE_JOB
@@ -145,7 +145,7 @@ def _materialization_metadata(
             "size_bytes": dg.MetadataValue.int(record.jsonl_size),
             "lines": dg.MetadataValue.int(record.jsonl_line_count),
         },
-        VERSION_KEY: lineage_metadata(pipeline, record),
+        VERSION_KEY: version_metadata(pipeline, record),
     }
 
 

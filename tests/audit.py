@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from brightrun_pipeline.db.schema import run_heartbeats, training_file_builds
 from brightrun_pipeline.outputs import OUTPUT_NAMES
 from brightrun_pipeline.queries import read_manifest
+from brightrun_pipeline.readiness import REPORT_NAME, report_key
 from brightrun_pipeline.reproduce import reproduce_version
 from brightrun_pipeline.service import Pipeline
 
@@ -78,6 +79,10 @@ def audit_file(pipeline: Pipeline, file_id: str, *, verify_every_version: bool =
             assert set(request.conversation_ids) <= set(manifest_ids)
     if not stray_objects_allowed:
         stored = set(store.list_keys(bucket, f"{file_id}/"))
+        # Readiness reports are derived data, stored for published versions only.
+        reports = {key for key in stored if key.endswith(f"/{REPORT_NAME}")}
+        assert reports <= {report_key(file_id, v.version) for v in versions}, reports
+        stored -= reports
         assert stored == published, f"objects of unpublished builds: {stored - published}"
     with db.engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(

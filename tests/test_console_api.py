@@ -1290,6 +1290,8 @@ API_ROUTES = {
     "/api/files/{file_ref}": {"get"},
     "/api/files/{file_ref}/versions": {"get"},
     "/api/files/{file_ref}/lineage": {"get"},
+    "/api/files/{file_ref}/report": {"get"},
+    "/api/files/{file_ref}/report/plots/{name}.png": {"get"},
     "/api/files/{file_ref}/diff": {"get"},
     "/api/files/{file_ref}/download": {"get"},
     "/api/selections/validate": {"post"},

@@ -460,7 +460,11 @@ def test_every_process_of_the_deployment_can_die_mid_request(deployment: Deploym
         versions = 1 if name == "C" else 1 + ADDS_PER_FILE
         assert report.versions == versions
         assert report.conversations == CREATE_SIZE + (versions - 1) * ADD_SIZE
-    # Nothing is left running, queued or beating.
+    # Nothing is left running, queued or beating. A run ends a moment after the publication
+    # that ends its request: it still reports the version's readiness report as metadata.
+    deployment.wait_until(
+        lambda: not instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE), limit=1),
+        "the runs of the ended requests to end", time.monotonic() + 60)
     stuck = instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE))
     assert not stuck, [(run.run_id, run.status) for run in stuck]
     assert no_run_heartbeats_left(pipeline)

@@ -20,6 +20,8 @@ from brightrun_pipeline.errors import Forbidden, ObjectNotFound, UsageError
 from brightrun_pipeline.factory import Services
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
 from brightrun_pipeline.outputs import OUTPUTS
+from brightrun_pipeline.readiness import ReadinessReport, load_report
+from brightrun_pipeline.readiness_plots import PLOT_NAMES, plot_png
 from brightrun_pipeline.users import may_add_to
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -125,6 +127,31 @@ def list_versions(services: ServicesDep, _: Caller, file_ref: str) -> list[queri
     """Every published version of a file, newest first."""
     file = queries.find_file(services.pipeline, file_ref)
     return queries.version_rows(services.pipeline, file.id)
+
+
+# The readiness report's plots, by name (brightrun_pipeline.readiness_plots).
+PlotName = enum.Enum("PlotName", {name: name for name in PLOT_NAMES}, type=str)  # type: ignore[misc]
+
+
+@router.get("/files/{file_ref}/report")
+def readiness_report(services: ServicesDep, _: Caller, file_ref: str,
+                     version: Annotated[int | None, Query(ge=1)] = None) -> ReadinessReport:
+    """The readiness report of a version (default: the current one): balance, quality, human
+    review, lengths and warnings. Computed once per version and kept in the training bucket."""
+    file = queries.find_file(services.pipeline, file_ref)
+    return load_report(services.pipeline, file.id, version)
+
+
+@router.get("/files/{file_ref}/report/plots/{name}.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def readiness_plot(services: ServicesDep, _: Caller, file_ref: str,
+                   name: PlotName,  # type: ignore[valid-type]
+                   version: Annotated[int | None, Query(ge=1)] = None) -> Response:
+    """One plot of a version's readiness report as a PNG: lengths, quality or balance."""
+    file = queries.find_file(services.pipeline, file_ref)
+    report = load_report(services.pipeline, file.id, version)
+    return Response(plot_png(report, name.value), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get("/files/{file_ref}/lineage")

@@ -28,8 +28,11 @@ from brightrun_pipeline.console.auth import (
     require_identity,
 )
 from brightrun_pipeline.diff import diff_from_previous, diff_versions, signed
+from brightrun_pipeline.errors import BrightRunError, NotFound
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
 from brightrun_pipeline.outputs import OUTPUTS
+from brightrun_pipeline.readiness import load_report
+from brightrun_pipeline.readiness_plots import PLOTS
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.users import authenticate
 
@@ -220,6 +223,31 @@ def training_files_page(request: Request, identity: Caller) -> Response:
     return render(request, "training_files.html", {"active": "files", "files": files}, identity)
 
 
+def readiness_view(request: Request, pipeline: Pipeline, detail: queries.FileDetail
+                   ) -> dict[str, Any] | None:
+    """The Readiness section: the report of the version the `report` query parameter names (the
+    current version by default), its plots' addresses, or why the report could not be made."""
+    if detail.file.current_version is None:
+        return None
+    raw = request.query_params.get("report", "").strip()
+    if raw and not (raw.isdigit() and int(raw) >= 1):
+        raise RequestValidationError([{"type": "int_parsing", "loc": ("query", "report"),
+                                       "msg": "report must be a version number", "input": raw}])
+    version = int(raw) if raw else None
+    base = f"/api/files/{detail.file.id}/report"
+    query = f"?version={version}" if version else ""
+    try:
+        report = load_report(pipeline, detail.file.id, version)
+    except NotFound:
+        raise
+    except BrightRunError as exc:
+        return {"error": str(exc), "version": version, "json_url": base + query}
+    query = f"?version={report.version}"
+    return {"report": report, "version": report.version, "json_url": base + query,
+            "plots": [(name, title, f"{base}/plots/{name}.png{query}")
+                      for name, (title, _) in PLOTS.items()]}
+
+
 @router.get("/training-files/{ref}", response_class=HTMLResponse)
 def training_file_page(request: Request, identity: Caller, ref: str,
                        a: Annotated[int | None, Query(ge=1)] = None,
@@ -240,6 +268,7 @@ def training_file_page(request: Request, identity: Caller, ref: str,
                 if a is not None and b is not None else None)
     return render(request, "training_file.html", {
         "active": "files", "detail": detail, "file": detail.file, "lineage": lineage,
+        "readiness": readiness_view(request, pipeline, detail),
         "batch_names": batches, "outputs": OUTPUTS,
         "in_conversations": conversations_url(DEFAULT_VIEW, file=file_id),
         "changes": changes, "compared": compared,
