@@ -14,6 +14,7 @@ from brightrun_pipeline.errors import BrightRunError
 from brightrun_pipeline.outputs import BY_NAME, EXPORTS
 from brightrun_pipeline.queries import version_lineage
 from brightrun_pipeline.service import Pipeline, StagedVersion, VersionPlan
+from brightrun_pipeline.verification import SPLIT_CHECK
 from resources import BrightRunResource
 
 JSON_KEY = dg.AssetKey("training_file_json")
@@ -113,6 +114,11 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
         dg.AssetCheckSpec(export.check_name, asset=JSONL_KEY, blocking=True,
                           description=export.check_description)
         for export in EXPORTS
+    ] + [
+        dg.AssetCheckSpec(SPLIT_CHECK, asset=JSONL_KEY, blocking=True,
+                          description="Each export's train and validation parts hold exactly "
+                                      "their side's conversations; no conversation changed "
+                                      "side."),
     ],
 )
 def training_file_objects(

@@ -6,7 +6,9 @@ training files holding some of them. The rows are what the upstream application 
 conversations `completed` with an enriched file path, the rest failed, in progress, not started
 or completed without a file; persona, arc, topic, tier, titles and scores), inserted in chunks
 with executemany: seconds, not minutes. The enriched files themselves are not written: listing
-and validating a selection never read them.
+never reads them, and a selection check reads their near-duplicate signatures, which are seeded
+as the checks of a running system leave them (random values: no two conversations are
+near-duplicates).
 
 `measure_console(url)` times what the Conversations page and the selection check run on the
 server, exactly as the console calls them (`queries.list_conversations`: count, page and
@@ -30,18 +32,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from brightrun_pipeline.db.repository import Database
 from brightrun_pipeline.db.schema import (
     batch_items,
     batch_jobs,
+    conversation_signatures,
     conversations,
     training_file_conversations,
     training_file_versions,
     training_files,
 )
 from brightrun_pipeline.demo_data import _ARCS, _PERSONAS, _TOPICS, TIERS
+from brightrun_pipeline.near_duplicates import NUM_PERM, SCHEME
 from brightrun_pipeline.rules import name_key
 
 CONVERSATIONS = 100_000
@@ -177,11 +182,21 @@ def seed_catalog(url: str, n: int = CONVERSATIONS, *, batch_size: int = BATCH_SI
                 "emotional_arc_key": row["emotional_arc_key"], "topic_key": row["topic_key"],
                 "created_at": published})
         start += count
+    # The signature of every enriched file (stored by the check that first met it), under the
+    # sha256 the members record; an rng of its own leaves the rows above as they were.
+    values = np.random.default_rng(seed).integers(0, 2**32, (len(eligible), NUM_PERM),
+                                                  dtype=np.uint32).astype("<u4")
+    signatures = [{"conversation_id": cid, "source_sha256": "0" * 64, "scheme": SCHEME,
+                   "hashvalues": values[i].tobytes(),
+                   "source_key": by_id[cid]["enriched_file_path"],
+                   "source_updated_at": by_id[cid]["updated_at"], "created_at": published}
+                  for i, cid in enumerate(eligible)]
     with database.engine.begin() as connection:
         for table, table_rows in ((batch_jobs, jobs), (conversations, rows),
                                   (batch_items, items), (training_files, files),
                                   (training_file_versions, versions),
-                                  (training_file_conversations, members)):
+                                  (training_file_conversations, members),
+                                  (conversation_signatures, signatures)):
             for chunk in _chunks(table_rows):
                 connection.execute(sa.insert(table), chunk)
     if database.engine.dialect.name == "postgresql":
@@ -189,7 +204,7 @@ def seed_catalog(url: str, n: int = CONVERSATIONS, *, batch_size: int = BATCH_SI
         with database.engine.connect().execution_options(
                 isolation_level="AUTOCOMMIT") as connection:
             for table in ("conversations", "batch_jobs", "batch_items", "training_files",
-                          "training_file_conversations"):
+                          "training_file_conversations", "conversation_signatures"):
                 connection.execute(sa.text(f"VACUUM ANALYZE {table}"))
     database.dispose()
     members_set = set(taken)

@@ -43,7 +43,7 @@ from brightrun_pipeline.models import (
     ScaffoldingDistribution,
     TrainingFileMetadata,
 )
-from brightrun_pipeline.outputs import BY_NAME, EXPORTS
+from brightrun_pipeline.outputs import BY_NAME, EXPORTS, SPLITS, split_name
 from brightrun_pipeline.outputs.base import LineExport
 from brightrun_pipeline.rules import quality_tier
 from brightrun_pipeline.sources import FetchedSource, ParsedSource, fetch_sources, parse_source
@@ -134,6 +134,9 @@ class BuildSpec:
     # The exports to write (names registered in brightrun_pipeline.outputs): every one for a
     # new version; those a published version had when it is reproduced.
     exports: tuple[str, ...] = tuple(e.name for e in EXPORTS)
+    # The side of every conversation of the version when the file holds out a validation share
+    # (each export is then also written as a train and a validation object); None: no split.
+    splits: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -687,7 +690,7 @@ def build_version(
     version N). Nothing is published here: the objects are written, the caller checks and commits.
     """
     tid = spec.training_file_id
-    names = ("training.json", "training.jsonl", *spec.exports, "manifest.json")
+    names = ("training.json", "training.jsonl", *_export_objects(spec), "manifest.json")
     keys = {name: object_key(tid, spec.version, name) for name in names}
     scratch = outputs.scratch_dir(output_bucket)
     sweep_dead_builds(scratch)
@@ -871,6 +874,8 @@ def _build(
         entry = {"conversation_id": member.conversation_id, "batch_id": member.batch_id,
                  "source_key": member.source_key, "source_sha256": member.source_sha256,
                  "pair_count": member.pair_count, "added_in_version": member.added_in_version}
+        if spec.splits is not None:
+            entry["split"] = spec.splits[member.conversation_id]
         if not first_entry:
             manifest_entries.write(BLOCK_SEPARATOR)
         first_entry = False
@@ -880,14 +885,17 @@ def _build(
         position = member.position
         fresh = processed.get(member.conversation_id)
         if fresh is not None and member.conversation_id in rebuild_ids:
-            member = _placed(fresh.member, tid=spec.training_file_id, position=member.position)
+            member = _placed(fresh.member, tid=spec.training_file_id, position=member.position,
+                             split=spec.splits[member.conversation_id] if spec.splits
+                             else member.split)
             rebuilt_members.append(member)
         record(member)
     for conversation in spec.additions:
         position += 1
         fresh = (processed.pop(conversation.conversation_id) if appending
                  else processed[conversation.conversation_id])
-        member = _placed(fresh.member, tid=spec.training_file_id, position=position)
+        member = _placed(fresh.member, tid=spec.training_file_id, position=position,
+                         split=spec.splits[conversation.conversation_id] if spec.splits else None)
         added_members.append(member)
         record(member)
 
@@ -974,9 +982,10 @@ def _build(
     if not appending:
         jsonl_out.sync()
     jsonl_object = jsonl_out.result(keys["training.jsonl"])
-    exports = {name: _write_export(BY_NAME[name].export, spec, work, keys[name], outputs,
-                                   output_bucket, durable=durable, appending=appending)
-               for name in spec.exports}
+    exports: dict[str, ManifestObject] = {}
+    for name in spec.exports:
+        exports.update(_write_export(BY_NAME[name].export, spec, work, keys, outputs,
+                                     output_bucket, durable=durable, appending=appending))
 
     # manifest.json
     manifest_out = stack.enter_context(
@@ -1020,31 +1029,64 @@ def _build(
     )
 
 
-def _write_export(export: LineExport | None, spec: BuildSpec, work: Path, key: str,
+def _export_objects(spec: BuildSpec) -> list[str]:
+    """The objects the spec's exports are written as: each export, then its split parts."""
+    names = []
+    for name in spec.exports:
+        names.append(name)
+        export = BY_NAME[name].export
+        if spec.splits is not None and export is not None:
+            names += [split_name(export, side) for side in SPLITS]
+    return names
+
+
+def _write_export(export: LineExport | None, spec: BuildSpec, work: Path, keys: dict[str, str],
                   outputs: ObjectStore, output_bucket: str, *, durable: bool,
-                  appending: bool) -> ManifestObject:
-    """Write one export from the finished training.jsonl: on an append, the previous version's
-    export is copied (checked against its hash) and only the new lines are derived."""
+                  appending: bool) -> dict[str, ManifestObject]:
+    """Write one export (and its train/validation parts when the file is split) from the
+    finished training.jsonl. On an append, each object of the previous version is copied
+    (checked against its hash) and only the new lines are derived."""
     assert export is not None, "only exports derived from the JSONL are written here"
     previous = spec.previous
-    carried = previous.exports.get(export.name) if appending and previous else None
-    with open(work / export.name, "wb") as raw, \
-            HashingWriter(raw, durable=durable) as out, \
-            open(work / "training.jsonl", "rb") as lines:
-        if carried is not None:
+    names = [export.name]
+    if spec.splits is not None:
+        names += [split_name(export, side) for side in SPLITS]
+    carried = {name: previous.exports.get(name) for name in names} if previous else {}
+    # Carried over only when every object is (a split first configured now is derived whole).
+    carry = appending and previous is not None and all(carried.values())
+    with ExitStack() as stack:
+        writers = {}
+        for name in names:
+            raw = stack.enter_context(open(work / name, "wb"))  # noqa: SIM115
+            writers[name] = stack.enter_context(HashingWriter(raw, durable=durable))
+        lines = stack.enter_context(open(work / "training.jsonl", "rb"))  # noqa: SIM115
+        if carry:
             assert previous is not None
-            with outputs.open_read(output_bucket, carried.key) as old:
-                copy_verified_prefix(old, out, carried.sha256, carried.size,
-                                     f"{export.name} of version {previous.version}")
+            for name, writer in writers.items():
+                item = carried[name]
+                assert item is not None
+                with outputs.open_read(output_bucket, item.key) as old:
+                    copy_verified_prefix(old, writer, item.sha256, item.size,
+                                         f"{name} of version {previous.version}")
             # The new lines follow the previous version's JSONL, byte for byte.
             lines.seek(previous.jsonl_size)
+        whole = writers[export.name]
         for line in lines:
-            out.write(export.row(line))
-        out.sync()
-        return out.result(key)
+            pair = orjson.loads(line)
+            row = export.row(pair)
+            whole.write(row)
+            if spec.splits is not None:
+                side = spec.splits[pair["conversation_id"]]
+                writers[split_name(export, side)].write(row)
+        results = {}
+        for name, writer in writers.items():
+            writer.sync()
+            results[name] = writer.result(keys[name])
+        return results
 
 
-def _placed(member: MemberRecord, *, tid: str, position: int) -> MemberRecord:
-    return replace(member, training_file_id=tid, position=position)
+def _placed(member: MemberRecord, *, tid: str, position: int, split: str | None
+            ) -> MemberRecord:
+    return replace(member, training_file_id=tid, position=position, split=split)
 
 

@@ -28,7 +28,7 @@ from brightrun_pipeline.db.repository import Database, TrainingFileRecord
 from brightrun_pipeline.errors import BrightRunError, RequestRejected, UsageError
 from brightrun_pipeline.factory import Services, open_services
 from brightrun_pipeline.models import SelectionRequest
-from brightrun_pipeline.outputs import OUTPUTS
+from brightrun_pipeline.outputs import FORMATS, SPLITS
 from brightrun_pipeline.rules import FileSettings, normalize_uuid
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import ObjectStore
@@ -381,6 +381,8 @@ def _user() -> str | None:
 
 
 def _after_submit(app: App, request: SelectionRequest, wait: bool) -> None:
+    for cid, reason in request.warnings.items():
+        click.echo(f"warning: {cid}: {reason}", err=True)
     if not wait:
         click.echo(f"request {request.id} is pending ({len(request.conversation_ids)} "
                    "conversations); the sensor will pick it up")
@@ -454,16 +456,20 @@ def _report_final(app: App, request_id: str) -> None:
 
 @files.command("download")
 @click.argument("file_ref", metavar="FILE")
-@click.option("--format", "fmt", type=click.Choice([o.format for o in OUTPUTS]), required=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--split", type=click.Choice(SPLITS),
+              help="Only the train or the validation part of an export.")
 @click.option("--version", type=click.IntRange(min=1), help="A pinned version (default: current).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write it ('-' for standard output).")
 @pass_app
-def files_download(app: App, file_ref: str, fmt: str, version: int | None, output: Path) -> None:
-    """Download one output of a version: the JSON, the JSONL, an export or the manifest."""
+def files_download(app: App, file_ref: str, fmt: str, split: str | None, version: int | None,
+                   output: Path) -> None:
+    """Download one output of a version: the JSON, the JSONL, an export (or one side of its
+    split) or the manifest."""
     file = app.file(file_ref)
     record = queries.get_version(app.pipeline, file, version)
-    key = queries.download_object(app.pipeline, file, record, fmt)[1].key
+    key = queries.download_object(app.pipeline, file, record, fmt, split)[1].key
     with app.store.open_read(app.settings.training_bucket, key) as stream:
         if str(output) == "-":
             shutil.copyfileobj(stream, sys.stdout.buffer, 1 << 20)

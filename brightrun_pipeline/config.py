@@ -8,6 +8,9 @@ from pathlib import Path
 
 DEFAULT_HOME = Path(".brightrun")
 DATABASE_URL_VAR = "BRIGHTRUN_DATABASE_URL"
+# Estimated Jaccard similarity (word 5-shingles of the target responses) from which a conversation
+# is a near-duplicate of another (brightrun_pipeline.near_duplicates; docs/near_duplicates.md).
+DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.65
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Settings:
     rematerialize_cron: str = "0 3 * * *"
     retry: RetrySettings = field(default_factory=RetrySettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD
     readiness: ReadinessSettings = field(default_factory=ReadinessSettings)
 
 
@@ -123,12 +127,21 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             max_delay=_float(env, "BRIGHTRUN_FETCH_MAX_DELAY", 5.0),
         ),
         lifecycle=_lifecycle(env),
+        near_duplicate_threshold=_threshold(env),
         readiness=ReadinessSettings(
             context_tokens=_int(env, "BRIGHTRUN_CONTEXT_TOKENS", ReadinessSettings.context_tokens),
             long_response_tokens=_int(env, "BRIGHTRUN_LONG_RESPONSE_TOKENS",
                                       ReadinessSettings.long_response_tokens),
         ),
     )
+
+
+def _threshold(env: dict[str, str]) -> float:
+    name = "BRIGHTRUN_NEAR_DUPLICATE_THRESHOLD"
+    value = _float(env, name, DEFAULT_NEAR_DUPLICATE_THRESHOLD)
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} must be above 0 and at most 1, got {value}")
+    return value
 
 
 def _lifecycle(env: dict[str, str]) -> LifecycleSettings:

@@ -27,3 +27,5 @@ class MemberRecord:
     persona_key: str | None
     emotional_arc_key: str | None
     topic_key: str | None
+    # "train" or "validation" when the file holds out a validation share.
+    split: str | None = None

@@ -222,6 +222,8 @@ class ManifestConversation(_Closed):
     source_sha256: str
     pair_count: int
     added_in_version: int
+    # The side of the train/validation split, when the file holds one out.
+    split: Literal["train", "validation"] | None = None
 
 
 class Manifest(_Closed):
@@ -272,3 +274,6 @@ class SelectionRequest(BaseModel):
     heartbeat_at: datetime | None = None
     # The settings a new file starts with (as stored: checked when the request is validated).
     new_file_settings: Any = None
+    # The warnings of the check that accepted it (near-duplicates), as submission returns it;
+    # not stored: every later check of the request finds them again.
+    warnings: dict[str, str] = Field(default_factory=dict, exclude=True)

@@ -23,7 +23,7 @@ from brightrun_pipeline.db.repository import (
 )
 from brightrun_pipeline.errors import NotFound, RequestRejected, UsageError
 from brightrun_pipeline.models import Manifest, SelectionRequest
-from brightrun_pipeline.outputs import OUTPUTS, Output, output_for_format
+from brightrun_pipeline.outputs import FORMATS, OUTPUTS, SPLITS, Output, output_for_format
 from brightrun_pipeline.rules import (
     ConversationFacts,
     already_in,
@@ -179,6 +179,33 @@ def list_batches(pipeline: Pipeline) -> list[BatchRow]:
     return [BatchRow(**vars(b)) for b in pipeline.db.list_batches()]
 
 
+class BatchOption(BaseModel):
+    """A batch job as a filter choice: cheap to list for thousands of batches."""
+
+    id: str
+    name: str | None
+    total_items: int
+
+
+def batch_options(pipeline: Pipeline) -> list[BatchOption]:
+    """Every batch job, newest first, without counting its conversations (`list_batches` counts
+    them for every batch; `batch_counts` for one)."""
+    return [BatchOption(id=b.id, name=b.name, total_items=b.total_items)
+            for b in pipeline.db.batch_jobs()]
+
+
+def batch_counts(pipeline: Pipeline, batch_id: str) -> BatchRow:
+    """One batch job with how many conversations it holds and how many are eligible."""
+    batch = normalize_uuid(batch_id)
+    found = pipeline.db.batch_job(batch) if batch else None
+    if found is None:
+        raise NotFound(f"no batch with id {batch_id}")
+    return BatchRow(id=found.id, name=found.name, status=found.status, tier=found.tier,
+                    created_at=found.created_at,
+                    conversations=pipeline.db.count_conversations(batch_id=found.id),
+                    eligible=pipeline.db.count_conversations(batch_id=found.id, eligible=True))
+
+
 class CatalogChoices(BaseModel):
     """The values each catalog filter can take."""
 
@@ -229,12 +256,15 @@ def eligible_in_batch(pipeline: Pipeline, batch_id: str, file_id: str | None
 
 
 class SelectionCheck(BaseModel):
-    """Whether a selection can be submitted as it stands, and why not per conversation."""
+    """Whether a selection can be submitted as it stands, and why not per conversation; and
+    what it may be submitted with but should be looked at (near-duplicates of a file that
+    warns), per conversation."""
 
     ok: bool
     target: str
     message: str
     conversations: dict[str, str] = Field(default_factory=dict)
+    warnings: dict[str, str] = Field(default_factory=dict)
 
 
 def check_selection(pipeline: Pipeline, conversation_ids: list[Any], *,
@@ -258,10 +288,15 @@ def check_selection(pipeline: Pipeline, conversation_ids: list[Any], *,
                               conversations=dict(rejection.conversations))
     target = (f"training file {valid.existing_file.name!r}" if valid.existing_file else
               f"new training file {valid.new_file_name!r}")
+    warned = len(valid.warnings)
     return SelectionCheck(ok=True, target=target,
                           message=f"{len(valid.rows)} conversation"
                                   f"{'' if len(valid.rows) == 1 else 's'} can be added "
-                                  f"to {target}")
+                                  f"to {target}" + (
+                                      f"; {warned} of them {'is a' if warned == 1 else 'are'} "
+                                      f"near-duplicate{'' if warned == 1 else 's'}"
+                                      if warned else ""),
+                          warnings=dict(valid.warnings))
 
 
 class RequestView(BaseModel):
@@ -477,20 +512,24 @@ def version_objects(pipeline: Pipeline, record: VersionRecord) -> list[ObjectRec
 
 
 def download_object(pipeline: Pipeline, file: TrainingFileRecord, record: VersionRecord,
-                    fmt: str) -> tuple[Output, ObjectRecord]:
-    """The output a download format names and its object in a version, refusing a version whose
-    records point anywhere but at this file's own objects."""
+                    fmt: str, split: str | None = None) -> tuple[Output, ObjectRecord]:
+    """The output a download format (and split side) names and its object in a version,
+    refusing a version whose records point anywhere but at this file's own objects."""
     from brightrun_pipeline.builder import object_key
     from brightrun_pipeline.errors import BrightRunError
 
-    output = output_for_format(fmt)
+    if fmt not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    output = output_for_format(fmt, split)
     if output is None:
-        raise UsageError(f"format must be one of {', '.join(o.format for o in OUTPUTS)}, "
-                         f"got {fmt!r}")
+        raise UsageError(f"{fmt} has no {split} split (only the exports are split)"
+                         if split in SPLITS else
+                         f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     found = {o.name: o for o in version_objects(pipeline, record)}.get(output.name)
     if found is None:
-        raise NotFound(f"version {record.version} of {file.name!r} has no {output.format} "
-                       "output (it was published before that output existed)")
+        what = f"{output.format} {split} split" if split else f"{output.format} output"
+        raise NotFound(f"version {record.version} of {file.name!r} has no {what} (published "
+                       "before it existed, or the file holds out no validation share)")
     own = object_key(file.id, record.version, output.name)
     if found.key != own:
         raise BrightRunError(f"version {record.version} of {file.name!r} records the key "

@@ -16,6 +16,7 @@ from brightrun_pipeline.storage import LocalObjectStore
 if TYPE_CHECKING:
     from brightrun_pipeline.service import Pipeline
 
+# Whole exports (their split parts are written with them).
 EXPORT_NAMES = frozenset(export.name for export in EXPORTS)
 
 
@@ -64,8 +65,11 @@ def reproduce_version(pipeline: Pipeline, training_file_id: str,
         version=record.version, published_at=record.created_at, reason=record.reason,
         dagster_run_id=record.dagster_run_id, request_ids=list(record.request_ids),
         vertical=None, consultant_profile=None, previous=None, additions=conversations,
-        # Exactly the exports the version was published with (older versions have none).
-        exports=tuple(name for name in manifest.files if name in EXPORT_NAMES))
+        # Exactly the exports the version was published with (older versions have none), split
+        # as its manifest records.
+        exports=tuple(name for name in manifest.files if name in EXPORT_NAMES),
+        splits=({e.conversation_id: e.split for e in manifest.conversations if e.split}
+                if any(e.split for e in manifest.conversations) else None))
     with tempfile.TemporaryDirectory(prefix="brightrun-verify-") as scratch:
         store = LocalObjectStore(Path(scratch))
         store.ensure_bucket("rebuild")

@@ -48,7 +48,16 @@ from brightrun_pipeline.errors import (
 )
 from brightrun_pipeline.liveness import Heartbeat
 from brightrun_pipeline.models import ManifestObject, SelectionRequest
-from brightrun_pipeline.outputs import EXPORTS, OUTPUT_NAMES
+from brightrun_pipeline.near_duplicates import (
+    DEFAULT_NEAR_DUPLICATE_THRESHOLD,
+    IndexCache,
+    Match,
+    SignatureIndex,
+    Signatures,
+    describe,
+    find_near_duplicates,
+)
+from brightrun_pipeline.outputs import EXPORT_OBJECT_NAMES, OUTPUT_NAMES
 from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.rules import (
     ConversationFacts,
@@ -59,12 +68,12 @@ from brightrun_pipeline.rules import (
     normalize_file_name,
     normalize_uuid,
 )
+from brightrun_pipeline.splits import Placed, assign_sides
 from brightrun_pipeline.storage import ObjectStore
 
 if TYPE_CHECKING:
     from brightrun_pipeline.verification import CheckOutcome
 
-EXPORT_NAMES = frozenset(e.name for e in EXPORTS)
 TRAINING_FILE_NAMESPACE = uuid.UUID("6f1d7c52-3b8e-5d0a-9a44-1c2b7e9f0d35")
 OPEN_STATUSES = ("pending", "queued", "running", "failed")
 # Holders of a claimed request (selection_requests.claimed_by).
@@ -105,6 +114,9 @@ class ValidSelection:
     rows: list[CatalogRow]
     # The settings of the file (the existing file's, or those a new file starts with).
     settings: FileSettings = field(default_factory=FileSettings)
+    # Conversations nearly identical to one already in the file or earlier in the request, with
+    # the reason naming both (the file warns about near-duplicates rather than blocking them).
+    warnings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,8 @@ class VersionPlan:
     skipped: dict[str, str] = field(default_factory=dict)
     # The attempt of the request this plan serves (fences its publication), if any.
     attempt: int | None = None
+    # Split sides given now to conversations already in the file (recorded at publication).
+    placed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class Pipeline:
                  source_bucket: str = "conversation-files",
                  training_bucket: str = "training-files", fetch_concurrency: int = 16,
                  retry: RetrySettings | None = None,
+                 near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD,
                  lifecycle: LifecycleSettings | None = None,
                  readiness: ReadinessSettings | None = None) -> None:
         self.db = db
@@ -173,6 +188,8 @@ class Pipeline:
         self.fetch_concurrency = fetch_concurrency
         self.retry = retry or RetrySettings()
         self.lifecycle = lifecycle or LifecycleSettings()
+        self.near_duplicate_threshold = near_duplicate_threshold
+        self._member_indexes = IndexCache()
         self.readiness = readiness or ReadinessSettings()
 
     @classmethod
@@ -181,6 +198,7 @@ class Pipeline:
         return cls(db, store, source_bucket=settings.source_bucket,
                    training_bucket=settings.training_bucket,
                    fetch_concurrency=settings.fetch_concurrency, retry=settings.retry,
+                   near_duplicate_threshold=settings.near_duplicate_threshold,
                    lifecycle=settings.lifecycle, readiness=settings.readiness)
 
     # --- Rules -----------------------------------------------------------------------------
@@ -225,8 +243,70 @@ class Pipeline:
                  for cid, row in rows.items()}
         members = self.db.member_versions(existing.id, normalized) if existing else {}
         ordered = check_selection(raw_ids, facts, members, file_label=label)
-        return ValidSelection(request, target, existing, name, [rows[cid] for cid in ordered],
-                              settings)
+        chosen = [rows[cid] for cid in ordered]
+        warnings = self._check_near_duplicates(existing, chosen, label, settings, len(raw_ids))
+        return ValidSelection(request, target, existing, name, chosen, settings, warnings)
+
+    # --- Near-duplicates -------------------------------------------------------------------
+
+    def signatures(self) -> Signatures:
+        """The near-duplicate signatures of conversations, stored or computed from sources."""
+        return Signatures(self.db, self.store, self.source_bucket,
+                          concurrency=self.fetch_concurrency, retry=self.retry,
+                          cache=self._member_indexes)
+
+    def _member_index(self, signatures: Signatures, file: TrainingFileRecord | None
+                      ) -> tuple[SignatureIndex, dict[str, int]]:
+        if file is None or file.current_version is None:
+            return SignatureIndex({}, self.near_duplicate_threshold), {}
+        return signatures.of_members(file.id, file.current_version,
+                                     self.near_duplicate_threshold)
+
+    def near_duplicates(self, file_id: str | None, rows: Sequence[CatalogRow], *,
+                        file: TrainingFileRecord | None = None) -> dict[str, list[Match]]:
+        """The conversations of a selection (catalog rows in request order) that are nearly
+        identical to a member of training file `file_id` (its record, when the caller has it,
+        in `file`) or to one earlier in the selection."""
+        if file is None and file_id is not None:
+            file = self.db.get_file(file_id)
+        signatures = self.signatures()
+        new = signatures.of_conversations(rows)
+        members, versions = self._member_index(signatures, file)
+        return find_near_duplicates([(row.conversation_id, new.get(row.conversation_id))
+                                     for row in rows], members, versions)
+
+    def near_duplicate_members(self, file_id: str, conversation_ids: Sequence[str]
+                               ) -> dict[str, list[tuple[str, float]]]:
+        """For each conversation (a member of the file or not), the members of training file
+        `file_id` it is a near-duplicate of, with the estimated Jaccard similarity, the most
+        similar first (itself left out): the clusters a split keeps on one side."""
+        signatures = self.signatures()
+        members, versions = self._member_index(signatures, self.db.get_file(file_id))
+        others = [cid for cid in conversation_ids if cid not in versions]
+        known = signatures.of_conversations(
+            list(self.db.conversations_by_id(others).values())) if others else {}
+        for cid in conversation_ids:
+            own = members.signature(cid)
+            if own is not None:
+                known[cid] = own
+        asked = [cid for cid in conversation_ids if cid in known]
+        found: dict[str, list[tuple[str, float]]] = {cid: [] for cid in conversation_ids}
+        for cid, hits in zip(asked, members.query([known[cid] for cid in asked]), strict=True):
+            found[cid] = [(other, score) for other, score in hits if other != cid]
+        return found
+
+    def _check_near_duplicates(self, existing: TrainingFileRecord | None,
+                               rows: Sequence[CatalogRow], label: str, settings: FileSettings,
+                               total: int) -> dict[str, str]:
+        """The near-duplicates of a selection that passed the other rules: warnings, or a
+        rejection naming both conversations of each pair when the file blocks them."""
+        found = self.near_duplicates(existing.id if existing else None, rows, file=existing)
+        reasons = {cid: describe(found[cid], label) for cid in
+                   (row.conversation_id for row in rows) if cid in found}
+        if reasons and settings.near_duplicates == "block":
+            raise RequestRejected(
+                f"{len(reasons)} of {total} conversations cannot be added to {label}", reasons)
+        return reasons
 
     # --- Submission ------------------------------------------------------------------------
 
@@ -241,7 +321,8 @@ class Pipeline:
         request_id: str | None = None,
         settings: FileSettings | None = None,
     ) -> SelectionRequest:
-        """Validate a selection and store it as a pending request (nothing is stored if invalid)."""
+        """Validate a selection and store it as a pending request (nothing is stored if invalid);
+        the request returned carries the check's warnings."""
         file_id = None
         if training_file is not None:
             existing = self.db.find_file(training_file)
@@ -257,11 +338,11 @@ class Pipeline:
             requested_by=requested_by,
             new_file_settings=settings.model_dump() if settings is not None else None,
         )
-        self.validate(request)
+        valid = self.validate(request)
         self.db.insert_request(request, utc_now())
         stored = self.db.get_request(request.id)
         assert stored is not None
-        return stored
+        return stored.model_copy(update={"warnings": valid.warnings})
 
     def claim(self, request_id: str, holder: str = SENSOR_HOLDER) -> ValidSelection | None:
         """Move a pending request to `queued` exactly once, or reject it with reasons.
@@ -350,8 +431,10 @@ class Pipeline:
             previous=previous,
             additions=[incoming(row) for row in valid.rows],
         )
+        spec, placed = self._split(spec, valid.settings.validation_fraction)
         return VersionPlan(spec, expected_current_version=file.current_version if file else None,
-                           new_file=new_file, request_ids=[request.id], attempt=attempt)
+                           new_file=new_file, request_ids=[request.id], attempt=attempt,
+                           placed=placed)
 
     def plan_rematerialization(self, file_id: str, run_id: str | None) -> VersionPlan | None:
         """A new version that re-reads the sources changed since they were built into the file,
@@ -379,8 +462,54 @@ class Pipeline:
             vertical=file.vertical, consultant_profile=file.consultant_profile,
             previous=self._previous(file.id, file.current_version), additions=[],
             rebuilds=rebuilds)
+        spec, placed = self._split(spec, file.validation_fraction)
         return VersionPlan(spec, expected_current_version=file.current_version, new_file=None,
-                           request_ids=[], skipped=skipped)
+                           request_ids=[], skipped=skipped, placed=placed)
+
+    def _split(self, spec: BuildSpec, fraction: float | None
+               ) -> tuple[BuildSpec, dict[str, str]]:
+        """The spec with the side of every conversation when the file holds out a validation
+        share, and the sides given now to conversations already in the file (a share configured
+        since they joined)."""
+        if fraction is None:
+            return spec, {}
+        members = (list(self.db.iter_members(spec.training_file_id))
+                   if spec.previous is not None else [])
+        known = {m.conversation_id for m in members}
+        conversations = [Placed(m.conversation_id,
+                                (m.persona_key, m.emotional_arc_key, m.topic_key), m.split)
+                         for m in members]
+        new = [c for c in spec.additions if c.conversation_id not in known]
+        conversations += [Placed(c.conversation_id,
+                                 (c.persona_key, c.emotional_arc_key, c.topic_key), None)
+                          for c in new]
+        # A near-duplicate goes where the conversation it repeats is: a member's side first, and
+        # within the request the side its earlier twin was given.
+        matches = self.split_neighbours(spec.training_file_id if members else None,
+                                        [c.conversation_id for c in new])
+        member_sides = {m.conversation_id: m.split for m in members if m.split}
+        forced = {cid: member_sides[hits[0]] for cid, hits in matches.items()
+                  if hits and hits[0] in member_sides}
+        chosen = assign_sides(fraction, conversations, forced)
+        for cid, hits in matches.items():
+            twins = [other for other in hits if other not in known]
+            if cid not in forced and twins:
+                chosen[cid] = chosen.get(twins[0], chosen[cid])
+        sides = {c.conversation_id: c.side or chosen[c.conversation_id] for c in conversations}
+        placed = {cid: side for cid, side in chosen.items() if cid in known}
+        return replace(spec, splits=sides), placed
+
+    def split_neighbours(self, file_id: str | None, conversation_ids: Sequence[str]
+                         ) -> dict[str, list[str]]:
+        """For conversations joining a file (in request order), the conversations each one
+        nearly repeats: members of the file, or conversations earlier in the list; the most
+        similar first."""
+        if not conversation_ids:
+            return {}
+        rows = self.db.conversations_by_id(conversation_ids)
+        found = self.near_duplicates(file_id, [rows[cid] for cid in conversation_ids
+                                               if cid in rows])
+        return {cid: [m.other_id for m in matches] for cid, matches in found.items()}
 
     def stale_files(self) -> dict[str, int]:
         """Training files with changed sources, and how many of their conversations changed."""
@@ -400,7 +529,7 @@ class Pipeline:
             body_start=record.json_body_start, body_end=record.json_body_end,
             exports={o.name: ManifestObject(key=o.key, sha256=o.sha256, size=o.size)
                      for o in self.db.version_objects(file_id, version)
-                     if o.name in EXPORT_NAMES and o.size is not None})
+                     if o.name in EXPORT_OBJECT_NAMES and o.size is not None})
 
     def stage(self, plan: VersionPlan) -> StagedVersion | None:
         """Reserve the plan's version, write its objects and run the blocking checks.
@@ -550,6 +679,7 @@ class Pipeline:
             objects=[ObjectRecord(name, item.key, item.sha256, item.size) for name, item in (
                 ("training.json", built.json), ("training.jsonl", built.jsonl),
                 *built.exports.items(), ("manifest.json", built.manifest))],
+            placed=plan.placed,
         )
         try:
             self.db.publish_version(publication, plan.request_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from brightrun_pipeline.models import (
     TrainingConversation,
     TrainingFileMetadata,
 )
-from brightrun_pipeline.outputs import BY_NAME
+from brightrun_pipeline.outputs import BY_NAME, SPLITS, split_name
 from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.storage import ObjectStore
 
@@ -73,7 +74,8 @@ def verify_built_version(pipeline: Pipeline, built: BuiltVersion) -> dict[str, C
     spec = built.spec
     appending = spec.previous is not None and not spec.rebuilds
     exports = {BY_NAME[name].export.check_name: _check_export(pipeline, built, name, appending)
-               for name in built.exports}
+               for name in built.exports if BY_NAME[name].split is None}
+    exports[SPLIT_CHECK] = _check_split(pipeline, built)
     if appending:
         report = _verify(pipeline, built, carried=spec.previous)
         if CARRIED not in report:
@@ -81,6 +83,60 @@ def verify_built_version(pipeline: Pipeline, built: BuiltVersion) -> dict[str, C
     report = _verify(pipeline, built, carried=None)
     report.pop(CARRIED, None)
     return {**report, **exports}
+
+
+SPLIT_CHECK = "split_is_leak_free"
+
+
+def _check_split(pipeline: Pipeline, built: BuiltVersion) -> CheckOutcome:
+    """The train/validation parts of every export hold exactly the rows of their side's
+    conversations, in order (so no conversation is on both sides), and no conversation changed
+    side since it was placed."""
+    splits = built.spec.splits
+    if splits is None:
+        return CheckOutcome(True, "no validation share configured: nothing is split")
+    problems: list[str] = []
+    moved = [m.conversation_id for m in pipeline.db.iter_members(built.spec.training_file_id)
+             if m.split is not None and splits.get(m.conversation_id) != m.split]
+    if moved:
+        problems.append(f"{len(moved)} conversation(s) changed side, e.g. {moved[0]}")
+    # Clusters of near-duplicates stay on one side (those of earlier versions were checked then).
+    spec = built.spec
+    neighbours = pipeline.split_neighbours(
+        spec.training_file_id if spec.previous is not None else None,
+        [m.conversation_id for m in built.added_members])
+    for cid, others in neighbours.items():
+        across = [other for other in others if splits.get(other) not in (None, splits.get(cid))]
+        if across:
+            problems.append(f"{cid} is on the {splits.get(cid)} side, its near-duplicate "
+                            f"{across[0]} on the other")
+    store, bucket = RetryingStore(pipeline.store, pipeline.retry), pipeline.training_bucket
+    for name in built.exports:
+        output = BY_NAME[name]
+        if output.split is not None or output.export is None:
+            continue
+        with ExitStack() as stack:
+            rows = _iter_lines(_HashingReader(stack.enter_context(
+                store.open_read(bucket, built.exports[name].key))))
+            lines = _iter_lines(_HashingReader(stack.enter_context(
+                store.open_read(bucket, built.jsonl.key))))
+            parts = {side: _iter_lines(_HashingReader(stack.enter_context(store.open_read(
+                bucket, built.exports[split_name(output.export, side)].key))))
+                for side in SPLITS}
+            for number, (row, line) in enumerate(zip(rows, lines, strict=False), start=1):
+                side = splits.get(orjson.loads(line).get("conversation_id"))
+                if side not in parts:
+                    problems.append(f"{name} row {number}: its conversation has no side")
+                    break
+                if next(parts[side], None) != row:
+                    problems.append(f"{split_name(output.export, side)} differs from the "
+                                    f"{side} rows of {name} at row {number}")
+                    break
+            for side, rest in parts.items():
+                if next(rest, None) is not None:
+                    problems.append(f"{split_name(output.export, side)} has rows of no "
+                                    f"{side} conversation")
+    return CheckOutcome(not problems, "; ".join(problems[:5]) or "ok")
 
 
 def _check_export(pipeline: Pipeline, built: BuiltVersion, name: str,

@@ -71,8 +71,14 @@ def selection_request_sensor(
     # Claim pending requests a page at a time. A claim is a conditional update, so a tick that
     # runs twice (at-least-once delivery) cannot claim a request twice.
     for request in _all_requests(db, "pending", deadline):
-        if pipeline.claim(request.id) is None:
+        valid = pipeline.claim(request.id)
+        if valid is None:
             rejected += 1
+        elif valid.warnings:
+            context.log.warning(
+                f"request {request.id}: {len(valid.warnings)} near-duplicate conversation(s) "
+                "(the file warns rather than blocks): " + "; ".join(
+                    f"{cid}: {reason}" for cid, reason in valid.warnings.items()))
     # Every claimed request that has not started yet gets its run request, oldest first so that
     # requests for one file run in the order they were made. The run key makes the daemon launch
     # it once even if it is emitted on several ticks (e.g. after a crash between claim and launch).

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from brightrun_pipeline.db.schema import run_heartbeats, training_file_builds
-from brightrun_pipeline.outputs import OUTPUT_NAMES
+from brightrun_pipeline.outputs import OUTPUT_NAMES, OUTPUTS
 from brightrun_pipeline.queries import read_manifest
 from brightrun_pipeline.readiness import REPORT_NAME, report_key
 from brightrun_pipeline.reproduce import reproduce_version
@@ -47,7 +47,10 @@ def audit_file(pipeline: Pipeline, file_id: str, *, verify_every_version: bool =
             ("training.json", record.json_key, record.json_sha256),
             ("training.jsonl", record.jsonl_key, record.jsonl_sha256),
             ("manifest.json", record.manifest_key, record.manifest_sha256)}
-        assert set(objects) == set(OUTPUT_NAMES), f"version {record.version}: {sorted(objects)}"
+        # Every unsplit output, and the split parts only when the file holds out a share.
+        unsplit = {o.name for o in OUTPUTS if o.split is None}
+        assert unsplit <= set(objects) <= set(OUTPUT_NAMES), \
+            f"version {record.version}: {sorted(objects)}"
         for item in objects.values():
             data = store.get_bytes(bucket, item.key)
             assert hashlib.sha256(data).hexdigest() == item.sha256, \

@@ -310,7 +310,14 @@ def test_adding_reads_only_the_new_sources(make_pipeline: Callable[..., Pipeline
         == {c.row["enriched_file_path"] for c in rows[:3]}
     store.reads.clear()
 
-    add_to_file(pipeline, tid, rows[3:5])
+    request_id = claimed_request(pipeline, rows[3:5], training_file=tid)
+    # The submission check read each new source once, for its near-duplicate signature.
+    assert {key: n for (bucket, key), n in store.reads.items()
+            if bucket == pipeline.source_bucket} \
+        == {c.row["enriched_file_path"]: 1 for c in rows[3:5]}
+    store.reads.clear()
+
+    pipeline.run_request(request_id, "run-v2")
 
     assert {key: n for (bucket, key), n in store.reads.items()
             if bucket == pipeline.source_bucket} \
@@ -474,10 +481,13 @@ def test_transient_errors_are_retried_per_fetch(
     dataset = demo_dataset()
     rows = eligible(dataset)[:3]
     flaky_key = str(rows[1].row["enriched_file_path"])
-    store = FlakyStore(tmp_path / "flaky", {flaky_key: failures})
+    store = FlakyStore(tmp_path / "flaky", {})
     pipeline = make_pipeline(store, attempts=attempts)
     seed_dataset(pipeline, dataset)
     request_id = claimed_request(pipeline, rows, new_file_name="Flaky sources")
+    # The faults start after the submission check read the sources (near-duplicate signatures).
+    store.failures[flaky_key] = failures
+    store.calls.clear()
 
     if succeeds:
         record = pipeline.run_request(request_id, "run-flaky")

@@ -597,7 +597,7 @@ def test_validate_a_selection(world: World) -> None:
     assert ok.status_code == 200, ok.text
     assert ok.json() == {"ok": True, "target": f"training file {CORE_FILE!r}",
                          "message": f"1 conversation can be added to training file "
-                                    f"{CORE_FILE!r}", "conversations": {}}
+                                    f"{CORE_FILE!r}", "conversations": {}, "warnings": {}}
     # A new file may take what the core file already holds.
     fresh = world.post("/api/selections/validate", json={
         "conversation_ids": [c.conversation_id for c in chosen[:3]],

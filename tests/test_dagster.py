@@ -108,7 +108,7 @@ def test_request_run_publishes_a_checked_version(
     result = run_request(defs, instance, pipeline, request.id)
     assert result.success
     checks = check_results(result)
-    assert len(checks) == 7 + len(EXPORTS) and all(checks.values()), checks
+    assert len(checks) == 8 + len(EXPORTS) and all(checks.values()), checks
 
     stored = pipeline.db.get_request(request.id)
     assert stored is not None and stored.status == "succeeded" and stored.result_version == 1

@@ -445,8 +445,8 @@ def nothing_left_behind(pipeline: Pipeline, file_id: str) -> None:
             training_file_builds).where(training_file_builds.c.training_file_id == file_id)
         ).scalar()
     assert leases == 0, "the failed attempt left its build lease"
-    published = {key for v in pipeline.db.list_versions(file_id)
-                 for key in (v.json_key, v.jsonl_key, v.manifest_key)}
+    published = {o.key for v in pipeline.db.list_versions(file_id)
+                 for o in pipeline.db.version_objects(file_id, v.version)}
     stored = set(pipeline.store.list_keys(pipeline.training_bucket, f"{file_id}/"))
     assert stored == published, f"objects of an unpublished version: {stored - published}"
 

@@ -19,6 +19,7 @@ from brightrun_pipeline.cli import main
 from brightrun_pipeline.config import load_settings
 from brightrun_pipeline.definitions import build_definitions
 from brightrun_pipeline.errors import InvalidKey
+from brightrun_pipeline.outputs import EXPORTS, OUTPUT_NAMES
 from brightrun_pipeline.service import Pipeline
 from brightrun_pipeline.storage import LocalObjectStore
 from jobs import TRAINING_FILE_JOB
@@ -26,7 +27,9 @@ from jobs import TRAINING_FILE_JOB
 PASSWORD = "Pw-7f3e-do-not-show"
 AWS_SECRET = "aws-secret-5c1d-do-not-show"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-OBJECT_KEY = re.compile(rf"({UUID})/v([1-9][0-9]*)/(training\.json|training\.jsonl|manifest\.json)")
+# A version's objects (brightrun_pipeline.outputs) and its derived readiness report.
+OBJECT_KEY = re.compile(rf"({UUID})/v([1-9][0-9]*)/"
+                        rf"({'|'.join(re.escape(n) for n in (*OUTPUT_NAMES, 'readiness.json'))})")
 
 
 def with_password(url: str) -> str:
@@ -203,7 +206,8 @@ def test_object_keys_never_carry_user_text(pipeline: Pipeline, tmp_path: Path) -
     store = pipeline.store
     assert isinstance(store, LocalObjectStore)
     keys = list(store.list_keys(pipeline.training_bucket))
-    assert len(keys) == 3 * (len(HOSTILE_NAMES) + 1)
+    # Every object of every version (no split: json, jsonl, each export, manifest).
+    assert len(keys) == (3 + len(EXPORTS)) * (len(HOSTILE_NAMES) + 1)
     for key in keys:
         match = OBJECT_KEY.fullmatch(key)
         assert match is not None, key
@@ -346,6 +350,11 @@ def test_a_version_row_pointing_elsewhere_is_refused(
     with pipeline.db.engine.begin() as connection:
         connection.execute(sa.text(
             "UPDATE training_file_versions SET json_key = :key WHERE training_file_id = :id"),
+            {"key": key, "id": file_a})
+        # Downloads read a version's objects by name: its training.json record points away too.
+        connection.execute(sa.text(
+            "UPDATE training_file_version_objects SET key = :key "
+            "WHERE training_file_id = :id AND name = 'training.json'"),
             {"key": key, "id": file_a})
     output = tmp_path / "download.json"
 

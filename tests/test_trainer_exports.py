@@ -246,7 +246,7 @@ def test_export_loads_and_trains_only_the_targets(built: Built, offline: None, t
     # is what deriving every row afresh gives.
     assert v2[export.name].startswith(v1[export.name])
     assert len(v1[export.name].splitlines()) == len(v1["training.jsonl"].splitlines()) < len(lines)
-    assert b"".join(export.row(line) for line in v2["training.jsonl"].splitlines()) \
+    assert b"".join(export.row(orjson.loads(line)) for line in v2["training.jsonl"].splitlines()) \
         == v2[export.name]
     assert len(lines) == len(pairs)
     for index, (line, pair) in enumerate(zip(lines, pairs, strict=True)):

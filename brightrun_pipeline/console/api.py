@@ -19,7 +19,7 @@ from brightrun_pipeline.diff import VersionDiff, diff_versions
 from brightrun_pipeline.errors import Forbidden, ObjectNotFound, UsageError
 from brightrun_pipeline.factory import Services
 from brightrun_pipeline.models import MAX_CONVERSATIONS_PER_REQUEST
-from brightrun_pipeline.outputs import OUTPUTS
+from brightrun_pipeline.outputs import FORMATS
 from brightrun_pipeline.readiness import ReadinessReport, load_report
 from brightrun_pipeline.readiness_plots import PLOT_NAMES, plot_png
 from brightrun_pipeline.users import may_add_to
@@ -27,7 +27,7 @@ from brightrun_pipeline.users import may_add_to
 router = APIRouter(prefix="/api", tags=["api"])
 # The download formats, one per registered output (brightrun_pipeline.outputs).
 DownloadFormat = enum.Enum(  # type: ignore[misc]
-    "DownloadFormat", {o.format.replace("-", "_"): o.format for o in OUTPUTS}, type=str)
+    "DownloadFormat", {f.replace("-", "_"): f for f in FORMATS}, type=str)
 # How long a presigned S3 download link stays valid.
 DOWNLOAD_URL_SECONDS = 300
 Caller = Annotated[Identity, Depends(require_identity)]
@@ -180,13 +180,16 @@ def version_diff(services: ServicesDep, _: Caller, file_ref: str,
                        307: {"description": "a short-lived presigned URL on S3"}})
 def download(services: ServicesDep, _: Caller, file_ref: str,
              format: DownloadFormat = DownloadFormat.json,  # type: ignore[attr-defined]
+             split: Annotated[str | None, Query(
+                 description="train or validation: one side of a split export")] = None,
              version: Annotated[int | None, Query(ge=1)] = None) -> Response:
     """One output of a version (default: the current one): the JSON, the JSONL, an export or
     the manifest."""
     pipeline = services.pipeline
     file = queries.find_file(pipeline, file_ref)
     record = queries.get_version(pipeline, file, version)
-    output, item = queries.download_object(pipeline, file, record, format.value)
+    output, item = queries.download_object(pipeline, file, record, format.value,
+                                           split or None)
     key = item.key
     name = queries.download_name(file, record.version, output)
     url = pipeline.store.download_url(pipeline.training_bucket, key, file_name=name,

@@ -202,10 +202,11 @@ def conversations_page(request: Request, identity: Caller) -> Response:
     pipeline = pipeline_of(request)
     view = conversation_view(request)
     listing = queries.list_conversations(pipeline, view)
-    batches = queries.list_batches(pipeline)
+    batches = queries.batch_options(pipeline)
     return render(request, "conversations.html", {
         "active": "conversations", "view": view, "listing": listing, "batches": batches,
         "batch_names": {b.id: b.name for b in batches},
+        "batch": queries.batch_counts(pipeline, view.batch_id) if view.batch_id else None,
         "choices": queries.catalog_choices(pipeline), "files": queries.list_files(pipeline),
         "in_file": queries.find_file(pipeline, view.file) if view.file else None,
         "link": partial(conversations_url, view), "page_sizes": PAGE_SIZES,
@@ -259,7 +260,7 @@ def training_file_page(request: Request, identity: Caller, ref: str,
     file_id = detail.file.id
     lineage = (queries.version_lineage(pipeline, file_id, None)
                if detail.file.current_version is not None else [])
-    batches = {batch.id: batch.name for batch in queries.list_batches(pipeline)}
+    batches = {batch.id: batch.name for batch in queries.batch_options(pipeline)}
     # Only the change of approx_tokens: the totals would stream both JSONLs on every visit.
     current = pipeline.db.get_version(file_id) if detail.file.current_version else None
     changes = (diff_from_previous(pipeline, current, token_totals=False)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -17,6 +19,7 @@ from brightrun_pipeline.db.schema import (
     CATALOG_VIEW,
     batch_items,
     batch_jobs,
+    conversation_signatures,
     conversations,
     run_heartbeats,
     selection_requests,
@@ -73,6 +76,18 @@ class CatalogRow:
     created_at: datetime | None
     updated_at: datetime | None
     batch_id: str | None
+
+
+@dataclass(frozen=True)
+class BatchJobRecord:
+    """A row of `batch_jobs`."""
+
+    id: str
+    name: str | None
+    status: str
+    tier: str | None
+    total_items: int
+    created_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -194,6 +209,34 @@ class Publication:
     request_attempt: int | None = None
     # Every object of the version (training.json, training.jsonl, exports, manifest.json).
     objects: list[ObjectRecord] = field(default_factory=list)
+    # Split sides given to conversations already in the file (they had none).
+    placed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SignatureRecord:
+    """A row of `conversation_signatures`: the near-duplicate signature of one version of a
+    conversation's enriched file (brightrun_pipeline.near_duplicates)."""
+
+    conversation_id: str
+    source_sha256: str
+    scheme: str
+    hashvalues: bytes
+    source_key: str
+    source_updated_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MemberSignature:
+    """A member of a training file with the stored signature of the source it was built from;
+    when none is stored (`hashvalues` None), where to read that source."""
+
+    conversation_id: str
+    added_in_version: int
+    hashvalues: bytes | None
+    source_key: str | None = None
+    source_updated_at: datetime | None = None
 
 
 def _first_items() -> sa.Subquery:
@@ -201,7 +244,7 @@ def _first_items() -> sa.Subquery:
     item, ties broken by item id, the rule of the catalog view (schema.catalog_view_sql) in one
     ordered pass over ix_batch_items_conversation_first."""
     return (sa.select(batch_items.c.conversation_id, batch_items.c.batch_job_id)
-            .distinct(batch_items.c.conversation_id)
+            .ext(distinct_on(batch_items.c.conversation_id))
             .order_by(batch_items.c.conversation_id, batch_items.c.created_at, batch_items.c.id)
             .subquery("first_items"))
 
@@ -215,6 +258,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Sorts that spill (a deep catalog page skips tens of thousands of rows) stay in memory.
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 
@@ -377,6 +422,19 @@ class Database:
         with self.engine.connect() as connection:
             return [_record(BatchRecord, row) for row in connection.execute(query)]
 
+    def batch_jobs(self) -> list[BatchJobRecord]:
+        """Every batch job, newest first (no counting)."""
+        with self.engine.connect() as connection:
+            return [_record(BatchJobRecord, row) for row in connection.execute(
+                sa.select(batch_jobs).order_by(batch_jobs.c.created_at.desc(), batch_jobs.c.id))]
+
+    def batch_job(self, batch_id: str) -> BatchJobRecord | None:
+        """One batch job by id."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(batch_jobs).where(batch_jobs.c.id == batch_id)).first()
+        return None if row is None else _record(BatchJobRecord, row)
+
     def memberships(self, conversation_ids: Iterable[str]
                     ) -> dict[str, list[tuple[str, str, int]]]:
         """For each of these conversations, the files holding it: (file id, name, version that
@@ -414,6 +472,61 @@ class Database:
                     record = _record(CatalogRow, row)
                     found[record.conversation_id] = record
         return found
+
+    # --- Near-duplicate signatures ---------------------------------------------------------
+
+    def signatures_of(self, conversation_ids: Iterable[str], scheme: str
+                      ) -> dict[str, list[SignatureRecord]]:
+        """The stored signatures (computed by `scheme`) of these conversations' sources."""
+        ids = sorted(set(conversation_ids))
+        found: dict[str, list[SignatureRecord]] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                rows = connection.execute(sa.select(conversation_signatures).where(
+                    conversation_signatures.c.scheme == scheme,
+                    conversation_signatures.c.conversation_id.in_(chunk)))
+                for row in rows:
+                    record = _record(SignatureRecord, row)
+                    found.setdefault(record.conversation_id, []).append(record)
+        return found
+
+    def member_signatures(self, file_id: str, scheme: str) -> list[MemberSignature]:
+        """A file's members in file order, each with the stored signature (by `scheme`) of the
+        source it was built from."""
+        members, signatures = training_file_conversations, conversation_signatures
+        missing = signatures.c.hashvalues.is_(None)
+        # Thousands of rows: only what is needed, and the source only where there is no
+        # signature (what a check reads on every call, kept cheap to decode).
+        query = sa.select(
+            members.c.conversation_id, members.c.added_in_version, signatures.c.hashvalues,
+            sa.case((missing, members.c.source_key)),
+            sa.case((missing, members.c.source_updated_at)),
+        ).select_from(members.outerjoin(signatures, sa.and_(
+            signatures.c.conversation_id == members.c.conversation_id,
+            signatures.c.source_sha256 == members.c.source_sha256,
+            signatures.c.scheme == scheme,
+        ))).where(members.c.training_file_id == file_id).order_by(members.c.position)
+        with self.engine.connect() as connection:
+            return [MemberSignature(*row) for row in connection.execute(query)]
+
+    def save_signatures(self, records: Sequence[SignatureRecord]) -> None:
+        """Store signatures, replacing any stored for the same conversation and source bytes
+        (two checks computing the same one at once store the same values)."""
+        if not records:
+            return
+        insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
+                  else sqlite.insert)(conversation_signatures)
+        statement = insert.on_conflict_do_update(
+            index_elements=[conversation_signatures.c.conversation_id,
+                            conversation_signatures.c.source_sha256],
+            set_={name: insert.excluded[name] for name in (
+                "scheme", "hashvalues", "source_key", "source_updated_at", "created_at")})
+        # One order for every writer, so concurrent upserts of the same keys cannot deadlock.
+        rows = [vars(record) for record in sorted(
+            records, key=lambda r: (r.conversation_id, r.source_sha256))]
+        with self.engine.begin() as connection:
+            connection.execute(statement, rows)
 
     def batch_exists(self, batch_id: str) -> bool:
         """Whether a batch job with this id exists."""
@@ -918,6 +1031,12 @@ class Database:
                     training_file_conversations.c.training_file_id == member.training_file_id,
                     training_file_conversations.c.conversation_id == member.conversation_id,
                 ).values(**_member_values(member)))
+            for conversation_id, side in publication.placed.items():
+                connection.execute(sa.update(training_file_conversations).where(
+                    training_file_conversations.c.training_file_id == version.training_file_id,
+                    training_file_conversations.c.conversation_id == conversation_id,
+                    training_file_conversations.c.split.is_(None),
+                ).values(split=side))
             for request_id in request_ids:
                 conditions = [selection_requests.c.id == request_id,
                               selection_requests.c.status.in_(["queued", "running"])]

@@ -10,6 +10,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -89,6 +90,10 @@ SOURCE_INDEXES = (
     Index("ix_conversations_created", conversations.c.created_at,
           conversations.c.conversation_id).ddl_if(dialect="postgresql"),
     Index("ix_conversations_title", conversations.c.title, conversations.c.conversation_id),
+    # The console's filter choices (revision 0010): distinct values read off an index.
+    *(Index(f"ix_conversations_{column}", conversations.c[column])
+      for column in ("enrichment_status", "persona_key", "emotional_arc_key", "topic_key",
+                     "tier")),
 )
 
 # --- Tables the pipeline owns --------------------------------------------------------------
@@ -163,6 +168,8 @@ training_file_conversations = Table(
     Column("emotional_arc_key", Text),
     Column("topic_key", Text),
     Column("created_at", Timestamp, nullable=False),
+    # "train" or "validation" once the file holds out a validation share; never changes after.
+    Column("split", String(12)),
     UniqueConstraint("training_file_id", "conversation_id", name="uq_training_file_conversation"),
     UniqueConstraint("training_file_id", "position", name="uq_training_file_position"),
     Index("ix_training_file_conversations_conversation", "conversation_id"),
@@ -246,6 +253,24 @@ users = Table(
     Column("name_key", String(480), nullable=False, unique=True),
     Column("is_admin", Boolean, nullable=False, server_default=false()),
     Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+# The MinHash signature of a conversation's training text (brightrun_pipeline.near_duplicates),
+# computed once from the bytes of one version of its enriched file: a cache of derived data,
+# never part of what a request or a version changes. `scheme` names the method that computed
+# `hashvalues` (little-endian uint32 values; empty: no training text).
+conversation_signatures = Table(
+    "conversation_signatures",
+    metadata,
+    Column("conversation_id", UUIDText, primary_key=True),
+    Column("source_sha256", String(64), primary_key=True),
+    Column("scheme", String(60), nullable=False),
+    Column("hashvalues", LargeBinary, nullable=False),
+    # Where the bytes were read from, and the conversation's `updated_at` then: how a check
+    # tells that a stored signature is that of the source a catalog row names now.
+    Column("source_key", Text, nullable=False),
+    Column("source_updated_at", Timestamp),
     Column("created_at", Timestamp, nullable=False),
 )
 

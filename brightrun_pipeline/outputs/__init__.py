@@ -16,13 +16,15 @@ from brightrun_pipeline.outputs.base import LineExport
 
 @dataclass(frozen=True)
 class Output:
-    """One object of a version: its file name, its download format and how it is served."""
+    """One object of a version: its file name, its download format (and split side, for the
+    train/validation parts of an export) and how it is served."""
 
     name: str
     format: str
     title: str
     media_type: str
     export: LineExport | None = None
+    split: str | None = None
 
 
 JSON = Output("training.json", "json", "Full JSON (brightrun-lora-v4)", "application/json")
@@ -34,16 +36,30 @@ MANIFEST = Output("manifest.json", "manifest", "Manifest (lineage and hashes)",
 # Exports derived from the JSONL, each with its blocking check. Register a new one here.
 EXPORTS: tuple[LineExport, ...] = (chat.EXPORT, prompt_completion.EXPORT)
 
+SPLITS = ("train", "validation")
+
+
+def split_name(export: LineExport, side: str) -> str:
+    """The object holding one side of an export: "training.chat.jsonl" →
+    "training.chat.train.jsonl"."""
+    return export.name.removesuffix(".jsonl") + f".{side}.jsonl"
+
+
 OUTPUTS: tuple[Output, ...] = (
     JSON, JSONL,
     *(Output(e.name, e.format, e.title, "application/x-ndjson", e) for e in EXPORTS),
+    *(Output(split_name(e, side), e.format, f"{e.title}, {side} split", "application/x-ndjson",
+             e, side) for e in EXPORTS for side in SPLITS),
     MANIFEST,
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in OUTPUTS)
-BY_FORMAT: dict[str, Output] = {o.format: o for o in OUTPUTS}
+# Every object derived from the JSONL (whole exports and their split parts).
+EXPORT_OBJECT_NAMES: frozenset[str] = frozenset(o.name for o in OUTPUTS if o.export)
+BY_FORMAT: dict[tuple[str, str | None], Output] = {(o.format, o.split): o for o in OUTPUTS}
 BY_NAME: dict[str, Output] = {o.name: o for o in OUTPUTS}
+FORMATS: tuple[str, ...] = tuple(dict.fromkeys(o.format for o in OUTPUTS))
 
 
-def output_for_format(fmt: str) -> Output | None:
-    """The output a download format names, or None."""
-    return BY_FORMAT.get(fmt)
+def output_for_format(fmt: str, split: str | None = None) -> Output | None:
+    """The output a download format (and split side) names, or None."""
+    return BY_FORMAT.get((fmt, split))

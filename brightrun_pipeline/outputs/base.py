@@ -34,9 +34,9 @@ class LineExport:
     derive: Callable[[dict[str, Any]], dict[str, Any]]
     problems: Callable[[Any, dict[str, Any]], list[str]]
 
-    def row(self, line: bytes) -> bytes:
-        """The export's row for one JSONL line, as a JSONL line."""
-        return orjson.dumps(self.derive(orjson.loads(line))) + b"\n"
+    def row(self, pair: dict[str, Any]) -> bytes:
+        """The export's row for one parsed JSONL line, as a JSONL line."""
+        return orjson.dumps(self.derive(pair)) + b"\n"
 
 
 def context_messages(pair: dict[str, Any]) -> list[dict[str, Any]]:

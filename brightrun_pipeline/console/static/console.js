@@ -153,39 +153,48 @@
   // --- Reasons per conversation: in its table row, and all of them in the panel ---
 
   function clearProblems() {
-    document.querySelectorAll("tr.problem-note").forEach(function (note) { note.remove(); });
-    document.querySelectorAll("tr.problem").forEach(function (row) { row.classList.remove("problem"); });
+    document.querySelectorAll("tr.problem-note, tr.warning-note").forEach(function (note) { note.remove(); });
+    document.querySelectorAll("tr.problem, tr.warning").forEach(function (row) {
+      row.classList.remove("problem", "warning");
+    });
     var list = $("problems");
     list.innerHTML = "";
     list.hidden = true;
   }
 
-  function showProblems(reasons) {
+  // Warnings (near-duplicates of a file that warns rather than blocks) are shown the same way,
+  // styled as warnings: the selection can still be submitted.
+  function showProblems(reasons, warnings) {
     clearProblems();
-    var ids = Object.keys(reasons || {});
     var list = $("problems");
-    ids.forEach(function (id) {
-      var item = document.createElement("li");
-      var code = document.createElement("code");
-      code.textContent = id;
-      item.appendChild(code);
-      item.appendChild(document.createTextNode(": " + reasons[id]));
-      item.dataset.id = id;
-      list.appendChild(item);
-      var row = document.querySelector('table.conversations tr[data-id="' + CSS.escape(id) + '"]');
-      if (row) {
-        row.classList.add("problem");
-        var note = document.createElement("tr");
-        var cell = document.createElement("td");
-        note.className = "problem-note";
-        note.dataset.for = id;
-        cell.colSpan = row.cells.length;
-        cell.textContent = "Cannot be added: " + reasons[id];
-        note.appendChild(cell);
-        row.after(note);
-      }
-    });
-    list.hidden = ids.length === 0;
+    function show(notes, kind, label) {
+      Object.keys(notes || {}).forEach(function (id) {
+        var item = document.createElement("li");
+        var code = document.createElement("code");
+        code.textContent = id;
+        item.appendChild(code);
+        item.appendChild(document.createTextNode(": " + notes[id]));
+        item.dataset.id = id;
+        item.className = kind;
+        list.appendChild(item);
+        var row = document.querySelector('table.conversations tr[data-id="' + CSS.escape(id) + '"]');
+        if (row) {
+          row.classList.add(kind);
+          var note = document.createElement("tr");
+          var cell = document.createElement("td");
+          note.className = kind + "-note";
+          note.dataset.for = id;
+          cell.colSpan = row.cells.length;
+          cell.textContent = label + notes[id];
+          note.appendChild(cell);
+          row.after(note);
+        }
+      });
+    }
+    show(reasons, "problem", "Cannot be added: ");
+    show(warnings, "warning", "Warning: ");
+    list.classList.toggle("warnings-only", !list.querySelector("li.problem"));
+    list.hidden = list.children.length === 0;
   }
 
   function outcome(text, kind) {
@@ -233,8 +242,9 @@
     outcome("Checking " + body.conversation_ids.length + " conversations…");
     call("POST", "/api/selections/validate", body).then(function (answer) {
       if (!answer.ok) { refused(answer); return; }
-      outcome(answer.data.message, answer.data.ok ? "ok" : "error");
-      showProblems(answer.data.conversations);
+      var warned = Object.keys(answer.data.warnings || {}).length > 0;
+      outcome(answer.data.message, answer.data.ok ? (warned ? "warn" : "ok") : "error");
+      showProblems(answer.data.conversations, answer.data.warnings);
     });
   });
 
