@@ -290,7 +290,8 @@ def measure_browser(url: str, seed: CatalogSeed, repeat: int = 7) -> BrowserRun:
 
 # The calls of the Conversations page's handler (brightrun_pipeline/console/pages.py), by the
 # name the report gives them; the Training files page makes only the last one.
-PARTS = ("list_conversations", "list_batches", "catalog_choices", "list_files")
+PARTS = ("list_conversations", "batch_options", "batch_counts", "catalog_choices",
+         "list_files")
 PAGE = "whole page"
 # The whole page less the calls timed in the same round: routing, the template, the response.
 REST = "template and the rest"
@@ -322,8 +323,11 @@ def page_parts(url: str, home: Path, views: list[ViewTimes], repeat: int) -> Non
                 chosen = queries.ConversationFilter(**dict(parse_qsl(split.query)))
                 out = {
                     "list_conversations": lambda: queries.list_conversations(pipeline, chosen),
-                    "list_batches": lambda: queries.list_batches(pipeline),
+                    "batch_options": lambda: queries.batch_options(pipeline),
                     "catalog_choices": lambda: queries.catalog_choices(pipeline)}
+                if chosen.batch_id:
+                    out["batch_counts"] = lambda: queries.batch_counts(
+                        pipeline, chosen.batch_id)  # type: ignore[arg-type]
             out["list_files"] = lambda: queries.list_files(pipeline)
             out[PAGE] = lambda: _ok(client.get(view.path), view.path)
             return out

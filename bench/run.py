@@ -868,51 +868,28 @@ NOTES = """## What the goals depend on, and why the misses
   start of a run worker process.
 """
 
-BROWSER_NOTES = """What the Conversations page's server time is made of, and what would bring it
-under 300 ms (measured on 30 Nov 2026 on databases seeded as above, load average 4 to 6 on these
-2 cores; the app unchanged: the alternatives were run outside it, the indexes created on the
-bench databases and dropped again):
+BROWSER_NOTES = """What the Conversations page's server time is made of:
 
-- **The listing is not the slow part.** Every Conversations page, whatever its view, also builds
-  the options of the Batch ID filter (`queries.list_batches`) and the choices of the other
-  filters (`queries.catalog_choices`); at 100,000 conversations these two take most of the
-  page's server time on both backends (table above). `list_files` (three files, each version's
-  header read once and cached) is a few milliseconds; the template (50 rows and the 1,000 batch
-  options) rendered in 7 to 16 ms timed alone, the rest of its column being routing, the
-  in-process client and the noise of a loaded machine. The browser adds 100 to 250 ms to the
-  server time (about 200 kB of HTML, most of it the 1,000 batch options; the stylesheet and the
-  script). The LoRA Training JSON Files page calls only `list_files` and meets its goals.
-- **`list_batches`** counts, for each of the 1,000 batches, its conversations and how many are
-  eligible: a GROUP BY over `conversation_catalog`, whose Batch ID subquery then runs for each
-  of the 100,000 conversations. Counting every batch on every request stays expensive however
-  the query is written: the same counts in set form (each conversation's first batch item by a
-  window function on SQLite, `DISTINCT ON` on PostgreSQL, joined to the conversations) took 465
-  and 222 ms (SQLite, PostgreSQL) against 563 and 482 ms as it stands; counting batch items
-  joined to the conversations (a requeued conversation then counts in both batches) 203 and
-  141 ms. The 1,000 batch jobs alone read in 1 and 4 ms. The fix is not to count every batch for
-  every page: label the options from `batch_jobs` (name, ID, `total_items`) and show the
-  conversations and eligible counts of the selected batch only (a filtered count, 3 to 15 ms);
-  or keep the counts per batch up to date as items and conversations are written; or cache them.
-- **`catalog_choices`** runs five `SELECT DISTINCT` (status, persona, arc, topic, tier) on
-  columns without an index: five scans of the 100,000 rows, 30 to 100 ms each. With an index on
-  each of these columns the same queries took 3 to 8 ms each on SQLite and 4 ms on PostgreSQL,
-  and a skip scan (a recursive CTE stepping to the next value with `min(column) ... WHERE
-  column > previous`) under 0.3 ms each on both. Without new indexes, one scan for the five
-  columns together (`SELECT DISTINCT` of the five, about 4,600 combinations folded in Python)
-  took 66 and 80 ms instead of five scans. These values change only when a new kind of
-  conversation arrives, so a short-lived cache would serve as well.
-- **Both fixed** (options from `batch_jobs`, choices by skip scan over the five indexes), the
-  whole page in the process took 63, 166, 40 and 270 ms on SQLite (first page, sorted by Batch
-  ID, one batch, page 900 sorted by Batch ID) and 39, 135, 58 and 107 ms on PostgreSQL, against
-  500 to 1,090 ms as it stands in the same run: under 300 ms, SQLite's page 900 by Batch ID
-  narrowly (its sort over every conversation's Batch ID, which `PRAGMA temp_store = MEMORY`
-  shortens; see "Sorting by Batch ID" below). With the browser's 100 to 250 ms on top, every
-  view would load in well under 1 s.
+- **The listing** (`queries.list_conversations`: count, the page's IDs, its 50 rows, the files
+  holding each) is most of it; page 900 sorted by Batch ID is the dearest view (the sort works
+  out every conversation's Batch ID; see "Sorting by Batch ID" below).
+- **The Batch ID filter's options** come from `batch_jobs` alone (`queries.batch_options`: name,
+  ID and item count of each of the 1,000 batches, a few milliseconds); the conversations and
+  eligible counts are shown for the selected batch only (`queries.batch_counts`, two filtered
+  counts). Counting all 1,000 batches for every page (`queries.list_batches`, still behind
+  `GET /api/batches`) took 300 to 600 ms at 100,000 conversations: a GROUP BY over
+  `conversation_catalog`, whose Batch ID subquery runs for every conversation.
+- **The other filters' choices** (`queries.catalog_choices`: distinct statuses, personas, arcs,
+  topics, tiers) are read off one index per column (migration 0010); without them, five scans of
+  the 100,000 rows took 170 to 365 ms.
+- `list_files` is a few milliseconds (each version's header read once and cached); the
+  template (50 rows and the 1,000 batch options) 7 to 16 ms. The browser adds 100 to 250 ms
+  (about 180 kB of HTML, most of it the batch options; the stylesheet and the script).
 - **Cold loads** open a new browser context (its own renderer process, on the same two cores as
   the server and the database), a new connection, and run each view's statements for the first
-  time in the server process; the first view also compiles the templates. In these runs they
-  were up to 600 ms slower than the warm median on SQLite, within the spread of the warm loads
-  on PostgreSQL, and 130 to 300 ms for the Training files page against about 60 ms warm.
+  time in the server process (SQLAlchemy compiles and caches each statement shape once); the
+  first view also compiles the templates. They cost 200 to 400 ms more than the warm median on
+  these two cores, which other processes were also using.
 """
 
 CONSOLE_NOTES = """What the console's pages cost, and what keeps them cheap:

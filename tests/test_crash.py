@@ -191,9 +191,20 @@ def test_killed_wait_clis_leave_nothing_stuck(
                         if set(r.conversation_ids) & wanted]
             assert requests and {r.status for r in requests} == {"succeeded"}, requests
             submitted += len(requests)
-        active = instance.get_runs(filters=dg.RunsFilter(statuses=[
-            dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING,
-            dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]))
+        # A run whose terminal was killed after another attempt had already published may still
+        # show STARTED: the sensor's recovery pass fails it once its heartbeat is stale. Keep
+        # ticking until that bound has passed; nothing may stay active after it.
+        statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING,
+                    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+        deadline = time.monotonic() + 3 * CLI_LIFECYCLE.stale_after_seconds + 30
+        active = instance.get_runs(filters=dg.RunsFilter(statuses=statuses))
+        while active and time.monotonic() < deadline:
+            with dg.build_sensor_context(
+                    instance=instance, definitions=defs,
+                    resources={"brightrun": defs.resources["brightrun"]}) as context:
+                selection_request_sensor(context)
+            time.sleep(0.5)
+            active = instance.get_runs(filters=dg.RunsFilter(statuses=statuses))
         assert not active, [(r.run_id, r.status) for r in active]
 
     report = audit_file(pipeline, file_id)
