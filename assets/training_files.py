@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 
@@ -211,7 +212,30 @@ def lineage_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.
     and what changed since the previous version (brightrun_pipeline.diff; approx_tokens as a
     change only, counted on the conversations that changed)."""
     rows = version_lineage(pipeline, record.training_file_id, record.version)
-    changes = diff_from_previous(pipeline, record, token_totals=False)
+    return {**_identity_metadata(record, rows), **changes_metadata(pipeline, record)}
+
+
+def changes_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.MetadataValue]:
+    """What changed since the previous version. The version is published already: a diff that
+    cannot be made is shown as such, never raised."""
+    try:
+        changes = diff_from_previous(pipeline, record, token_totals=False)
+    except Exception as exc:  # noqa: BLE001
+        return {"changes": dg.MetadataValue.md(
+            f"**The changes since the previous version could not be worked out:** "
+            f"{type(exc).__name__}: {exc}")}
+    return {
+        "changes": dg.MetadataValue.md(markdown(changes)),
+        "conversations_added": dg.MetadataValue.int(len(changes.added)),
+        "conversations_rebuilt": dg.MetadataValue.int(len(changes.rebuilt)),
+        "conversations_removed": dg.MetadataValue.int(len(changes.removed)),
+        "pairs_delta": dg.MetadataValue.int(changes.pairs.delta),
+        "trainable_pairs_delta": dg.MetadataValue.int(changes.trainable_pairs.delta),
+        "approx_tokens_delta": dg.MetadataValue.int(changes.approx_tokens.delta),
+    }
+
+
+def _identity_metadata(record: VersionRecord, rows: list[Any]) -> dict[str, dg.MetadataValue]:
     return {
         "version": dg.MetadataValue.int(record.version),
         "reason": dg.MetadataValue.text(record.reason),
@@ -233,11 +257,4 @@ def lineage_metadata(pipeline: Pipeline, record: VersionRecord) -> dict[str, dg.
                     "conversation_id", "batch_id", "persona", "arc", "topic", "quality",
                     "source_sha256", "added_in_version")]),
         ),
-        "changes": dg.MetadataValue.md(markdown(changes)),
-        "conversations_added": dg.MetadataValue.int(len(changes.added)),
-        "conversations_rebuilt": dg.MetadataValue.int(len(changes.rebuilt)),
-        "conversations_removed": dg.MetadataValue.int(len(changes.removed)),
-        "pairs_delta": dg.MetadataValue.int(changes.pairs.delta),
-        "trainable_pairs_delta": dg.MetadataValue.int(changes.trainable_pairs.delta),
-        "approx_tokens_delta": dg.MetadataValue.int(changes.approx_tokens.delta),
     }
