@@ -28,7 +28,7 @@ import orjson
 from pydantic import BaseModel
 
 from brightrun_pipeline.db.repository import VersionRecord
-from brightrun_pipeline.errors import NotFound, ProcessingFailed
+from brightrun_pipeline.errors import NotFound
 from brightrun_pipeline.models import Manifest
 from brightrun_pipeline.rules import quality_tier
 
@@ -292,47 +292,15 @@ def _version_facts(pipeline: Pipeline, side: _Side, members: Mapping[str, Any]
 
 # training.json's layout (brightrun_pipeline.builder): each conversation's block starts with a
 # line of four spaces and "{", then its "conversation_metadata" object, then "training_pairs".
-_BLOCK_START = b"    {\n"
-_PAIRS_KEY = b'      "training_pairs": ['
-
-
 def _block_facts(pipeline: Pipeline, record: VersionRecord, sources: Mapping[str, str],
                  wanted: set[str]) -> dict[str, _Facts]:
-    """The mix facts of some conversations as a version's training.json recorded them: the
-    body is streamed and only the block headers are parsed."""
-    found: dict[str, _Facts] = {}
-    remaining = record.json_body_end - record.json_body_start
-    header: list[bytes] | None = None
-    with pipeline.store.open_read(pipeline.training_bucket, record.json_key,
-                                  start=record.json_body_start) as stream:
-        for line in stream:
-            remaining -= len(line)
-            if line == _BLOCK_START:
-                header = []
-            elif header is not None and line.startswith(_PAIRS_KEY):
-                text = b"".join(header).rstrip().removesuffix(b",")
-                meta = orjson.loads(b"{" + text + b"}")["conversation_metadata"]
-                cid = meta["conversation_id"]
-                if cid in wanted and meta["source_sha256"] == sources.get(cid):
-                    scaffolding = meta["scaffolding"]
-                    found[cid] = _Facts(scaffolding["persona_key"],
-                                        scaffolding["emotional_arc_key"],
-                                        scaffolding["training_topic_key"],
-                                        meta["quality_tier"])
-                    if len(found) == len(wanted):
-                        break
-                header = None
-            elif header is not None:
-                header.append(line)
-            if remaining <= 0:
-                break
-    if len(found) != len(wanted):
-        lost = sorted(wanted - set(found))
-        raise ProcessingFailed(
-            f"version {record.version} of training file {record.training_file_id}: "
-            f"training.json has no block for {len(lost)} conversation(s) of its manifest "
-            f"(first {lost[0]})")
-    return found
+    """The mix facts of some conversations as a version's training.json recorded them."""
+    from brightrun_pipeline.queries import recorded_metadata
+
+    return {cid: _Facts(meta["scaffolding"]["persona_key"],
+                        meta["scaffolding"]["emotional_arc_key"],
+                        meta["scaffolding"]["training_topic_key"], meta["quality_tier"])
+            for cid, meta in recorded_metadata(pipeline, record, sources, wanted).items()}
 
 
 def _conversation_tokens(pipeline: Pipeline, side: _Side, wanted: set[str] | None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -544,6 +545,49 @@ def download_name(file: TrainingFileRecord, version: int, output: Output) -> str
                    for c in file.name).strip("-.") or "training-file"
     stem = "-".join(part for part in stem.split("-") if part)[:80]
     return f"{stem}-v{version}.{output.name.removeprefix('training.')}"
+
+
+_BLOCK_START = b"    {\n"
+_PAIRS_KEY = b'      "training_pairs": ['
+
+
+def recorded_metadata(pipeline: Pipeline, record: VersionRecord, sources: Mapping[str, str],
+                      wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """The `conversation_metadata` that a version's training.json recorded for some
+    conversations (built from the source with the given sha256): the body is streamed and only
+    the block headers are parsed. For conversations rebuilt since, whose membership rows
+    describe a later version."""
+    from brightrun_pipeline.errors import ProcessingFailed
+
+    found: dict[str, dict[str, Any]] = {}
+    remaining = record.json_body_end - record.json_body_start
+    header: list[bytes] | None = None
+    with pipeline.store.open_read(pipeline.training_bucket, record.json_key,
+                                  start=record.json_body_start) as stream:
+        for line in stream:
+            remaining -= len(line)
+            if line == _BLOCK_START:
+                header = []
+            elif header is not None and line.startswith(_PAIRS_KEY):
+                text = b"".join(header).rstrip().removesuffix(b",")
+                meta = orjson.loads(b"{" + text + b"}")["conversation_metadata"]
+                cid = meta["conversation_id"]
+                if cid in wanted and meta["source_sha256"] == sources.get(cid):
+                    found[cid] = meta
+                    if len(found) == len(wanted):
+                        break
+                header = None
+            elif header is not None:
+                header.append(line)
+            if remaining <= 0:
+                break
+    lost = sorted(wanted - set(found))
+    if lost:
+        raise ProcessingFailed(
+            f"version {record.version} of training file {record.training_file_id}: "
+            f"training.json has no block for {len(lost)} conversation(s) of its manifest "
+            f"(first {lost[0]})")
+    return found
 
 
 # --- Lineage -------------------------------------------------------------------------------

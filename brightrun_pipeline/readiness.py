@@ -540,44 +540,17 @@ def conversation_facts(pipeline: Pipeline, record: VersionRecord) -> list[Conver
 
 # training.json's layout (brightrun_pipeline.builder): each conversation's block starts with a
 # line of four spaces and "{", then its "conversation_metadata" object, then "training_pairs".
-_BLOCK_START = b"    {\n"
-_PAIRS_KEY = b'      "training_pairs": ['
-
-
 def _block_facts(pipeline: Pipeline, record: VersionRecord, sources: Mapping[str, str],
                  wanted: set[str]) -> dict[str, ConversationFacts]:
     """The facts of some conversations as the version's training.json recorded them (rebuilt
     since, so their membership rows describe a later version)."""
-    found: dict[str, ConversationFacts] = {}
-    remaining = record.json_body_end - record.json_body_start
-    header: list[bytes] | None = None
-    with pipeline.store.open_read(pipeline.training_bucket, record.json_key,
-                                  start=record.json_body_start) as stream:
-        for line in stream:
-            remaining -= len(line)
-            if line == _BLOCK_START:
-                header = []
-            elif header is not None and line.startswith(_PAIRS_KEY):
-                text = b"".join(header).rstrip().removesuffix(b",")
-                meta = orjson.loads(b"{" + text + b"}")["conversation_metadata"]
-                cid = meta["conversation_id"]
-                if cid in wanted and meta["source_sha256"] == sources.get(cid):
-                    scaffolding = meta["scaffolding"]
-                    found[cid] = ConversationFacts(
-                        scaffolding["persona_key"], scaffolding["emotional_arc_key"],
-                        scaffolding["training_topic_key"], meta["quality_score"])
-                    if len(found) == len(wanted):
-                        break
-                header = None
-            elif header is not None:
-                header.append(line)
-            if remaining <= 0:
-                break
-    lost = sorted(wanted - set(found))
-    if lost:
-        raise ProcessingFailed(f"version {record.version} of training file "
-                               f"{record.training_file_id} has no block for {', '.join(lost)}")
-    return found
+    from brightrun_pipeline.queries import recorded_metadata
+
+    return {cid: ConversationFacts(meta["scaffolding"]["persona_key"],
+                                   meta["scaffolding"]["emotional_arc_key"],
+                                   meta["scaffolding"]["training_topic_key"],
+                                   meta["quality_score"])
+            for cid, meta in recorded_metadata(pipeline, record, sources, wanted).items()}
 
 
 # --- Stored reports -------------------------------------------------------------------------
