@@ -316,20 +316,27 @@ def goals() -> dict[str, float]:
             for case in console_cases(None, CatalogSeed(0, ["-"], ["-"], ["-"]))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def seeded_from_arguments(description: str | None, repeat_help: str | None = None
+                          ) -> tuple[argparse.Namespace, CatalogSeed]:
+    """A bench's command line (URL, --repeat, --no-seed, -n) and the catalog it measures:
+    seeded now, or the one seeded before."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url")
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=7, help=repeat_help)
     parser.add_argument("--no-seed", action="store_true",
                         help="measure a database seeded before")
     parser.add_argument("-n", type=int, default=CONVERSATIONS)
     args = parser.parse_args()
     if args.no_seed:
-        seed = seed_of(args.url)
-    else:
-        seed = seed_catalog(args.url, args.n)
-        print(f"seeded {seed.conversations:,} conversations in {seed.seconds:.1f} s")
+        return args, seed_of(args.url)
+    seed = seed_catalog(args.url, args.n)
+    print(f"seeded {seed.conversations:,} conversations in {seed.seconds:.1f} s")
+    return args, seed
+
+
+def main() -> None:
+    args, seed = seeded_from_arguments(__doc__)
     samples = measure_console(args.url, seed, args.repeat)
     limits = goals()
     for label, values in samples.items():

@@ -28,7 +28,6 @@ console part (bench/run.py).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import socket
@@ -44,7 +43,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from bench.catalog import CONVERSATIONS, CatalogSeed, _open_pipeline, seed_catalog, seed_of
+from bench.catalog import CatalogSeed, _open_pipeline, seeded_from_arguments
 
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -410,19 +409,7 @@ def report(run: BrowserRun) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("url")
-    parser.add_argument("--repeat", type=int, default=7, help="warm loads of each view")
-    parser.add_argument("--no-seed", action="store_true",
-                        help="measure a database seeded before")
-    parser.add_argument("-n", type=int, default=CONVERSATIONS)
-    args = parser.parse_args()
-    if args.no_seed:
-        seed = seed_of(args.url)
-    else:
-        seed = seed_catalog(args.url, args.n)
-        print(f"seeded {seed.conversations:,} conversations in {seed.seconds:.1f} s")
+    args, seed = seeded_from_arguments(__doc__, "warm loads of each view")
     print(report(measure_browser(args.url, seed, args.repeat)))
 
 
