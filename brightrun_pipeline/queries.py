@@ -338,6 +338,24 @@ def request_view(pipeline: Pipeline, request: SelectionRequest) -> RequestView:
         created_at=request.created_at, updated_at=request.updated_at)
 
 
+class SubmittedRequest(RequestView):
+    """A request as its submission answers it: where it stands, and what its check warned
+    about."""
+
+    warnings: dict[str, str] = Field(
+        default_factory=dict,
+        description="The near-duplicates the selection was accepted with (the file warns rather "
+                    "than blocks), per conversation ID: the reason names the conversation it "
+                    "nearly repeats, worded as the selection check words it. Only the answer to "
+                    "the submission carries them; they are not stored with the request.")
+
+
+def submitted_request(pipeline: Pipeline, request: SelectionRequest) -> SubmittedRequest:
+    """What a submitter sees once the request is stored: the request and its warnings."""
+    view = request_view(pipeline, request)
+    return SubmittedRequest(**view.model_dump(), warnings=dict(request.warnings))
+
+
 def get_request(pipeline: Pipeline, request_id: str) -> RequestView:
     """One request by id, or a UsageError naming it."""
     request = pipeline.db.get_request(request_id)

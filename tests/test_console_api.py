@@ -28,7 +28,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from psycopg import sql
-from seed import demo_dataset, eligible, is_eligible, seed_dataset
+from seed import demo_dataset, eligible, is_eligible, seed_conversations, seed_dataset
+from test_near_duplicates import planted
 
 from brightrun_pipeline.cli import main
 from brightrun_pipeline.config import RetrySettings, Settings
@@ -657,7 +658,8 @@ def test_submit_stores_a_pending_request_for_its_user(world: World) -> None:
     assert len(added) == 1 and view["id"] in next(iter(added))
     assert {k: v for k, v in after.items() if k != "selection_requests"} == {
         k: v for k, v in before.items() if k != "selection_requests"}
-    # Anyone signed in may follow it.
+    # Anyone signed in may follow it; the warnings come with the submission's answer only.
+    assert view.pop("warnings") == {}
     assert world.get(f"/api/requests/{view['id']}", "alice").json() == view
 
 
@@ -1229,6 +1231,76 @@ def test_retry_a_failed_request(empty_services: Services) -> None:
         pipeline.run_request(request_id, "run-fails-again")
     again = call("POST", f"/api/requests/{request_id}/retry", "root")
     assert again.status_code == 200 and again.json()["status"] == "pending"
+
+
+# --- Near-duplicates: a direct submission answers with the check's warnings ------------------
+
+
+def test_a_direct_submission_names_its_near_duplicates_and_is_stored(
+        empty_services: Services) -> None:
+    pipeline, db = empty_services.pipeline, empty_services.db
+    _, token = add_user(db, "alice")
+    auth = {"Authorization": f"Bearer {token}"}
+    client = TestClient(create_app(empty_services), raise_server_exceptions=False)
+    chosen = eligible(demo_dataset())
+    file_id = publish(pipeline, chosen[:2], "alice",
+                      new_file_name="Warns on repeats").training_file_id
+    copy = planted(chosen[1], "console submit")
+    seed_conversations(pipeline, [copy])
+    body = {"conversation_ids": [copy.conversation_id, chosen[3].conversation_id],
+            "training_file": file_id}
+    check = client.post("/api/selections/validate", json=body, headers=auth).json()
+
+    response = client.post("/api/requests", json=body, headers=auth)
+
+    assert response.status_code == 202, response.text
+    view = response.json()
+    assert (view["status"], view["conversation_count"]) == ("pending", 2)
+    assert view["warnings"] == check["warnings"]
+    assert list(view["warnings"]) == [copy.conversation_id]
+    assert re.fullmatch(
+        rf"nearly identical to {chosen[1].conversation_id} \(Jaccard ≈ 0\.\d\d\), already in "
+        r"training file 'Warns on repeats' \(added in version 1\)",
+        view["warnings"][copy.conversation_id])
+    stored = db.get_request(view["id"])
+    assert stored is not None and stored.status == "pending"
+    assert stored.conversation_ids == body["conversation_ids"]
+    # Not stored: following the request shows no warnings field.
+    del view["warnings"]
+    assert client.get(f"/api/requests/{view['id']}", headers=auth).json() == view
+    # Within one request, for a new file: the later conversation names the earlier one.
+    twin = planted(chosen[0], "console twin")
+    seed_conversations(pipeline, [twin])
+    fresh = client.post("/api/requests", headers=auth, json={
+        "conversation_ids": [chosen[0].conversation_id, twin.conversation_id],
+        "new_file_name": "Fresh with a repeat"})
+    assert fresh.status_code == 202, fresh.text
+    assert list(fresh.json()["warnings"]) == [twin.conversation_id]
+    assert re.fullmatch(rf"nearly identical to {chosen[0].conversation_id} "
+                        r"\(Jaccard ≈ 0\.\d\d\), earlier in this request",
+                        fresh.json()["warnings"][twin.conversation_id])
+    # The warned request runs as any other.
+    assert pipeline.claim(view["id"]) is not None
+    assert pipeline.run_request(view["id"], "run-warned").conversation_count == 4
+
+    # A file that blocks refuses the same selection in the one error shape, storing nothing.
+    assert db.configure_file(file_id, near_duplicates="block")
+    other = planted(chosen[0], "console blocked")
+    seed_conversations(pipeline, [other])
+    before = snapshot(db)
+    error = error_of(client.post("/api/requests", headers=auth, json={
+        "conversation_ids": [other.conversation_id], "training_file": file_id}), 422)
+    assert list(error["conversations"]) == [other.conversation_id]
+    assert error["conversations"][other.conversation_id].startswith(
+        f"nearly identical to {chosen[0].conversation_id} (Jaccard ≈ 0.")
+    assert snapshot(db) == before
+
+    # The submission's answer documents the field.
+    document = client.get("/api/openapi.json", headers=auth).json()
+    answer = document["paths"]["/api/requests"]["post"]["responses"]["202"]
+    schema = answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    warnings = document["components"]["schemas"][schema]["properties"]["warnings"]
+    assert "near-duplicates" in warnings["description"]
 
 
 # --- Downloads from S3: a presigned redirect --------------------------------------------------

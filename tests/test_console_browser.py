@@ -1,13 +1,15 @@
 """The console in a real browser: a curator filters and sorts the catalog, ticks conversations,
 creates a training file and watches its request succeed, finds the file on the LoRA Training
 JSON Files page, downloads its JSON and JSONL through the file page's control, and sees the
-reasons a second selection is refused next to each conversation.
+reasons a second selection is refused next to each conversation; a selection submitted without a
+Check shows the near-duplicates it was accepted with.
 
 The console runs in a uvicorn server on a thread of the test process; it only stores requests.
 The test plays the pipeline's part: it picks up the pending request the page created and runs
 it through the real Dagster job here.
 
-Screenshots land in tests/artifacts/console/<backend>/ (git-ignored).
+Screenshots land in tests/artifacts/console/<backend>/ (git-ignored), the near-duplicate one in
+its near-duplicates/ folder.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import uvicorn
-from seed import demo_dataset, is_eligible, seed_dataset
+from seed import demo_dataset, eligible, is_eligible, seed_conversations, seed_dataset
+from test_near_duplicates import planted
 
 from brightrun_pipeline import queries
 from brightrun_pipeline.config import Settings
@@ -463,3 +466,52 @@ def test_adding_to_someone_elses_file_is_refused(pipeline: Pipeline, console: st
     expect(panel.locator("#outcome")).to_have_text(refusal)
     expect(panel.locator("#submit")).to_be_enabled()
     assert [r.id for r in pipeline.db.list_requests()] == [request.id]
+
+
+def test_a_direct_submit_shows_the_near_duplicate_warnings(
+    pipeline: Pipeline, console: str, page: Any, backend_name: str,
+) -> None:
+    """Submitted without a Check, a selection holding a near-duplicate of a member of a file that
+    warns is stored, and the page names both conversations as Check would."""
+    from playwright.sync_api import expect
+
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    chosen = eligible(dataset)
+    first = pipeline.submit(conversation_ids=[c.conversation_id for c in chosen[:2]],
+                            new_file_name="Warns on repeats")
+    assert pipeline.claim(first.id) is not None
+    file_id = pipeline.run_request(first.id, "run-first").training_file_id
+    copy = planted(chosen[1], "browser submit")
+    seed_conversations(pipeline, [copy])
+    selection = [copy.conversation_id, chosen[3].conversation_id]
+    check = queries.check_selection(pipeline, selection, training_file=file_id)
+    reason = check.warnings[copy.conversation_id]
+    assert chosen[1].conversation_id in reason and "(added in version 1)" in reason
+
+    page.goto(f"{console}/conversations")
+    for cid in selection:
+        row(page, cid).locator("input").check()
+    expect(page.locator("#selection-count")).to_have_text("2 selected (max 80)")
+    page.get_by_role("button", name="Create training files").click()
+    panel = page.locator("#create-panel")
+    panel.locator("#target").select_option(file_id)
+    panel.get_by_role("button", name="Submit request").click()
+
+    expect(panel.locator("#progress-text")).to_contain_text("is pending")
+    expect(panel.locator("#outcome")).to_have_text(
+        "Submitted: 1 of 2 conversations is a near-duplicate; the request goes ahead.")
+    expect(page.locator("table.conversations tr.warning-note")).to_have_count(1)
+    expect(page.locator(f'tr.warning-note[data-for="{copy.conversation_id}"]')).to_have_text(
+        f"Warning: {reason}")
+    expect(row(page, copy.conversation_id)).to_have_class(re.compile(r"\bwarning\b"))
+    expect(panel.locator("#problems li.warning")).to_have_text(
+        [f"{copy.conversation_id}: {reason}"])
+    expect(panel.locator("#problems li.problem")).to_have_count(0)
+    request_id = wait_for_pending(pipeline)
+    stored = pipeline.db.get_request(request_id)
+    assert stored is not None and stored.training_file_id == file_id
+    assert stored.conversation_ids == selection
+    folder = ARTIFACTS / backend_name / "near-duplicates"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=folder / "conversations_warned.png", full_page=True)

@@ -250,15 +250,16 @@ def validate_selection(services: ServicesDep, identity: Editor, selection: Selec
 
 @router.post("/requests", status_code=202)
 def submit_request(services: ServicesDep, identity: Editor, selection: Selection
-                   ) -> queries.RequestView:
-    """Store a pending selection request (the sensor runs it); a selection that breaks the
-    rules is refused with a reason per conversation and nothing is stored."""
+                   ) -> queries.SubmittedRequest:
+    """Store a pending selection request (the sensor runs it), answered with the near-duplicate
+    warnings it was accepted with; a selection that breaks the rules is refused with a reason
+    per conversation and nothing is stored."""
     _target_check(services, identity.user, selection)
     request = services.pipeline.submit(
         conversation_ids=selection.conversation_ids, training_file=selection.training_file,
         new_file_name=selection.new_file_name, description=selection.description,
         requested_by=identity.user.name)
-    return queries.request_view(services.pipeline, request)
+    return queries.submitted_request(services.pipeline, request)
 
 
 @router.post("/requests/{request_id}/retry")

@@ -258,12 +258,23 @@
     outcome("Submitting…");
     call("POST", "/api/requests", body).then(function (answer) {
       if (!answer.ok) { submit.disabled = false; refused(answer); return; }
-      outcome("");
+      // Submitted without a Check first: the near-duplicates it was accepted with are shown as
+      // Check shows them, and the request goes ahead.
+      warned(answer.data.warnings, body.conversation_ids.length);
       submitted = body.conversation_ids;
       sessionStorage.setItem(REQUEST_KEY, answer.data.id);
       follow(answer.data);
     });
   });
+
+  function warned(warnings, count) {
+    var many = Object.keys(warnings || {}).length;
+    if (!many) { outcome(""); return; }
+    outcome("Submitted: " + many + " of " + count + " conversation" + (count === 1 ? "" : "s") +
+            (many === 1 ? " is a near-duplicate" : " are near-duplicates") +
+            "; the request goes ahead.", "warn");
+    showProblems({}, warnings);
+  }
 
   function showProgress(request) {
     $("progress").hidden = false;
