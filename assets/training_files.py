@@ -12,16 +12,16 @@ from assets.readiness import readiness_metadata
 from brightrun_pipeline.db.repository import VersionRecord
 from brightrun_pipeline.diff import diff_from_previous, markdown
 from brightrun_pipeline.errors import BrightRunError
-from brightrun_pipeline.outputs import BY_NAME, EXPORTS
+from brightrun_pipeline.outputs import BY_NAME, CHECKS, Output
 from brightrun_pipeline.queries import version_lineage
 from brightrun_pipeline.service import Pipeline, StagedVersion, VersionPlan
-from brightrun_pipeline.verification import SPLIT_CHECK
 from resources import BrightRunResource
 
 JSON_KEY = dg.AssetKey("training_file_json")
 JSONL_KEY = dg.AssetKey("training_file_jsonl")
-JSON_CHECKS = ("matches_v4_format", "unique_conversations", "header_matches_membership",
-               "manifest_matches_objects")
+# The two assets the objects of a version (and their checks) are shown on.
+ASSETS = {"json": JSON_KEY, "jsonl": JSONL_KEY}
+CHECK_ASSETS = {check.name: ASSETS[check.asset] for check in CHECKS}
 
 
 @contextmanager
@@ -93,33 +93,11 @@ def training_file_membership(context: dg.AssetExecutionContext, brightrun: Brigh
         "training_file_jsonl": {JSON_KEY},
     },
     ins={"plan": dg.AssetIn("training_file_membership")},
+    # Every blocking check the registered outputs declare (brightrun_pipeline.outputs).
     check_specs=[
-        dg.AssetCheckSpec(name, asset=JSON_KEY, blocking=True, description=description)
-        for name, description in (
-            ("matches_v4_format", "Every block and the header validate against the v4 model."),
-            ("unique_conversations", "Every conversation ID appears once."),
-            ("header_matches_membership",
-             "Totals, quality summary and scaffolding distribution"
-             " equal what the membership gives."),
-            ("manifest_matches_objects", "The manifest's hashes and sizes are the objects'."),
-        )
-    ] + [
-        dg.AssetCheckSpec(name, asset=JSONL_KEY, blocking=True, description=description)
-        for name, description in (
-            ("line_count_matches", "JSONL line count equals trainable_pairs."),
-            ("lines_equal_pairs", "Every JSONL line equals its pair in the JSON, in order."),
-            ("unique_ids", "Every JSONL id is unique."),
-        )
-    ] + [
-        # The exports derived from the JSONL (brightrun_pipeline.outputs), one check each.
-        dg.AssetCheckSpec(export.check_name, asset=JSONL_KEY, blocking=True,
-                          description=export.check_description)
-        for export in EXPORTS
-    ] + [
-        dg.AssetCheckSpec(SPLIT_CHECK, asset=JSONL_KEY, blocking=True,
-                          description="Each export's train and validation parts hold exactly "
-                                      "their side's conversations; no conversation changed "
-                                      "side."),
+        dg.AssetCheckSpec(check.name, asset=ASSETS[check.asset], blocking=True,
+                          description=check.description)
+        for check in CHECKS
     ],
 )
 def training_file_objects(
@@ -135,8 +113,8 @@ def training_file_objects(
         context.log.info("the file moved on and no changed source is left to rebuild")
         return
     for name, outcome in staged.checks.items():
-        asset = JSON_KEY if name in JSON_CHECKS else JSONL_KEY
-        yield dg.AssetCheckResult(check_name=name, asset_key=asset, passed=outcome.passed,
+        yield dg.AssetCheckResult(check_name=name, asset_key=CHECK_ASSETS[name],
+                                  passed=outcome.passed,
                                   metadata={"detail": outcome.detail})
     if not staged.passed:
         from brightrun_pipeline.errors import ChecksFailed
@@ -165,7 +143,8 @@ def training_file_objects(
         "sha256": built.jsonl.sha256,
         "size_bytes": built.jsonl.size,
         "lines": built.trainable_pair_count,
-        **{f"{BY_NAME[name].format}_export": dg.MetadataValue.json(item.model_dump())
+        # Every export and split part of the version, e.g. chat_export, chat_train_export.
+        **{export_label(BY_NAME[name]): dg.MetadataValue.json(item.model_dump())
            for name, item in built.exports.items()},
     })
 
@@ -186,6 +165,12 @@ def training_file_version(
                                                          plan.attempt):
         record = pipeline.publish(staged)
     return dg.MaterializeResult(metadata=version_metadata(pipeline, record))
+
+
+def export_label(output: Output) -> str:
+    """The metadata label of an export's object: its format, and its side for a split part."""
+    return "_".join(part.replace("-", "_") for part in (output.format, output.split, "export")
+                    if part)
 
 
 def run_attempt(run: dg.DagsterRun) -> int | None:

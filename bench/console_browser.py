@@ -190,12 +190,12 @@ class Console:
 def publish_headers(url: str, home: Path) -> int:
     """Write the JSON of each bench file's current version into the local store under `home`
     (its header, an empty body) and record its offsets, size and hash; returns how many."""
-    from brightrun_pipeline.builder import BODY_CLOSE, BODY_OPEN
     from brightrun_pipeline.db.schema import (
         training_file_conversations,
         training_file_versions,
         training_files,
     )
+    from brightrun_pipeline.streams import BODY_CLOSE, BODY_OPEN
 
     services = _open_pipeline(url, str(home))
     written = 0

@@ -35,6 +35,7 @@ from brightrun_pipeline.builder import (
 )
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.members import MemberRecord
+from brightrun_pipeline.models import ManifestObject
 from brightrun_pipeline.storage import LocalObjectStore
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def build_new(data: Path, n: int) -> None:
     # Kept for the incremental task: where version 1 is, and its membership rows (streamed back
     # one at a time, as the database does).
     (data / "v1.json").write_bytes(orjson.dumps({
-        "json": built.json.model_dump(), "jsonl": built.jsonl.model_dump(),
+        "objects": {name: item.model_dump() for name, item in built.objects.items()},
         "body_start": built.body_start, "body_end": built.body_end,
         "vertical": built.vertical, "consultant_profile": built.consultant_profile}))
     with open(data / "v1-members.jsonl", "wb") as out:
@@ -100,9 +101,8 @@ def add_80(data: Path, n: int) -> None:
     """Our incremental add of 80 conversations to the file of n built by build_new."""
     built = orjson.loads((data / "v1.json").read_bytes())
     store = CountingStore(data / "storage")
-    json_object, jsonl_object = built["json"], built["jsonl"]
-    previous = PreviousVersion(1, json_object["key"], json_object["sha256"], json_object["size"],
-                               jsonl_object["key"], jsonl_object["sha256"], jsonl_object["size"],
+    previous = PreviousVersion(1, {name: ManifestObject(**item)
+                                   for name, item in built["objects"].items()},
                                built["body_start"], built["body_end"])
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 2, PUBLISHED, "request", None, [],
                      built["vertical"], built["consultant_profile"], previous,
@@ -184,9 +184,7 @@ def add_80_pg(data: Path, n: int) -> None:
     db = pipeline.db
     file, current = db.get_file(FILE_ID), db.get_version(FILE_ID)
     assert file is not None and current is not None and current.version == 1
-    previous = PreviousVersion(current.version, current.json_key, current.json_sha256,
-                               current.json_size, current.jsonl_key, current.jsonl_sha256,
-                               current.jsonl_size, current.json_body_start, current.json_body_end)
+    previous = pipeline.previous_version(FILE_ID, current.version)
     spec = BuildSpec(FILE_ID, file.name, file.description, file.created_at, 2, PUBLISHED,
                      "request", None, [], file.vertical, file.consultant_profile, previous,
                      _additions(pipeline, data, n, 80))

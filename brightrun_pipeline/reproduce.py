@@ -84,9 +84,7 @@ def reproduce_version(pipeline: Pipeline, training_file_id: str,
                 f"the source of conversation {entry.conversation_id} changed since version "
                 f"{record.version} was built; it cannot be reproduced from today's sources",
                 {entry.conversation_id: "source bytes differ from the manifest's sha256"})
-    rebuilt = {"training.json": built.json.sha256, "training.jsonl": built.jsonl.sha256,
-               **{name: item.sha256 for name, item in built.exports.items()},
-               "manifest.json": built.manifest.sha256}
+    rebuilt = {name: item.sha256 for name, item in built.objects.items()}
     published = {o.name: o.sha256 for o in db.version_objects(training_file_id, record.version)}
     # Versions recorded before objects were listed by name have only their three columns.
     published = published or {"training.json": record.json_sha256,

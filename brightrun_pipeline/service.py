@@ -57,7 +57,7 @@ from brightrun_pipeline.near_duplicates import (
     describe,
     find_near_duplicates,
 )
-from brightrun_pipeline.outputs import EXPORT_OBJECT_NAMES, OUTPUT_NAMES
+from brightrun_pipeline.outputs import OUTPUT_NAMES
 from brightrun_pipeline.retry import RetryingStore
 from brightrun_pipeline.rules import (
     ConversationFacts,
@@ -406,7 +406,7 @@ class Pipeline:
         file = valid.existing_file
         previous = None
         if file is not None and file.current_version is not None:
-            previous = self._previous(file.id, file.current_version)
+            previous = self.previous_version(file.id, file.current_version)
         version = 1 if previous is None else previous.version + 1
         new_file = None
         if file is None:
@@ -460,7 +460,7 @@ class Pipeline:
             file_created_at=file.created_at, version=file.current_version + 1,
             published_at=now, reason="rematerialize", dagster_run_id=run_id, request_ids=[],
             vertical=file.vertical, consultant_profile=file.consultant_profile,
-            previous=self._previous(file.id, file.current_version), additions=[],
+            previous=self.previous_version(file.id, file.current_version), additions=[],
             rebuilds=rebuilds)
         spec, placed = self._split(spec, file.validation_fraction)
         return VersionPlan(spec, expected_current_version=file.current_version, new_file=None,
@@ -518,18 +518,20 @@ class Pipeline:
             counts[member.training_file_id] = counts.get(member.training_file_id, 0) + 1
         return counts
 
-    def _previous(self, file_id: str, version: int) -> PreviousVersion:
+    def previous_version(self, file_id: str, version: int) -> PreviousVersion:
         record = self.db.get_version(file_id, version)
         if record is None:
             raise ProcessingFailed(f"version {version} of training file {file_id} is not recorded")
-        return PreviousVersion(
-            version=record.version, json_key=record.json_key, json_sha256=record.json_sha256,
-            json_size=record.json_size, jsonl_key=record.jsonl_key,
-            jsonl_sha256=record.jsonl_sha256, jsonl_size=record.jsonl_size,
-            body_start=record.json_body_start, body_end=record.json_body_end,
-            exports={o.name: ManifestObject(key=o.key, sha256=o.sha256, size=o.size)
-                     for o in self.db.version_objects(file_id, version)
-                     if o.name in EXPORT_OBJECT_NAMES and o.size is not None})
+        objects = {o.name: ManifestObject(key=o.key, sha256=o.sha256, size=o.size)
+                   for o in self.db.version_objects(file_id, version) if o.size is not None}
+        # training.json and training.jsonl as the version row records them (also for versions
+        # published before objects were listed by name).
+        objects["training.json"] = ManifestObject(
+            key=record.json_key, sha256=record.json_sha256, size=record.json_size)
+        objects["training.jsonl"] = ManifestObject(
+            key=record.jsonl_key, sha256=record.jsonl_sha256, size=record.jsonl_size)
+        return PreviousVersion(version=record.version, objects=objects,
+                               body_start=record.json_body_start, body_end=record.json_body_end)
 
     def stage(self, plan: VersionPlan) -> StagedVersion | None:
         """Reserve the plan's version, write its objects and run the blocking checks.
@@ -676,9 +678,8 @@ class Pipeline:
             published_at=spec.published_at,
             build_owner=staged.owner,
             request_attempt=plan.attempt,
-            objects=[ObjectRecord(name, item.key, item.sha256, item.size) for name, item in (
-                ("training.json", built.json), ("training.jsonl", built.jsonl),
-                *built.exports.items(), ("manifest.json", built.manifest))],
+            objects=[ObjectRecord(name, item.key, item.sha256, item.size)
+                     for name, item in built.objects.items()],
             placed=plan.placed,
         )
         try:

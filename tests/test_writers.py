@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from brightrun_pipeline import builder
-from brightrun_pipeline.builder import HashingWriter, SpoolFiles
+from brightrun_pipeline import streams
+from brightrun_pipeline.streams import HashingWriter, SpoolFiles
 
 
 def _pieces(seed: int, count: int) -> list[bytes]:
     """Random pieces from a few bytes to more than a chunk, so chunking is exercised both ways."""
     rng = random.Random(seed)
-    sizes = [rng.choice((1, 17, 4096, 70_000, builder.CHUNK + 3)) for _ in range(count)]
+    sizes = [rng.choice((1, 17, 4096, 70_000, streams.CHUNK + 3)) for _ in range(count)]
     return [rng.randbytes(size) for size in sizes]
 
 
@@ -34,13 +34,13 @@ def test_writes_land_in_order_with_their_hash_and_size(tmp_path: Path) -> None:
 
 def test_a_durable_writer_starts_writeback_in_order_and_fsyncs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(builder, "WRITEBACK", 256 << 10)
+    monkeypatch.setattr(streams, "WRITEBACK", 256 << 10)
     ranges: list[tuple[int, int]] = []
-    monkeypatch.setattr(builder, "_SYNC_FILE_RANGE",
+    monkeypatch.setattr(streams, "_SYNC_FILE_RANGE",
                         lambda fd, offset, length, flags: ranges.append((offset, length)) or 0)
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(builder.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(streams.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
     pieces = _pieces(2, 30)
     expected = b"".join(pieces)
 
@@ -56,16 +56,16 @@ def test_a_durable_writer_starts_writeback_in_order_and_fsyncs(
     # Consecutive ranges from the start of the file, each at least WRITEBACK long.
     assert ranges and ranges[0][0] == 0
     for (offset, length), (next_offset, _) in zip(ranges, ranges[1:], strict=False):
-        assert next_offset == offset + length and length >= builder.WRITEBACK
+        assert next_offset == offset + length and length >= streams.WRITEBACK
     assert sum(length for _, length in ranges) <= len(expected)
 
 
 def test_a_writer_that_is_not_durable_never_syncs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(builder, "WRITEBACK", 1024)
+    monkeypatch.setattr(streams, "WRITEBACK", 1024)
     calls: list[object] = []
-    monkeypatch.setattr(builder, "_SYNC_FILE_RANGE", lambda *args: calls.append(args) or 0)
-    monkeypatch.setattr(builder.os, "fsync", lambda fd: calls.append(fd))
+    monkeypatch.setattr(streams, "_SYNC_FILE_RANGE", lambda *args: calls.append(args) or 0)
+    monkeypatch.setattr(streams.os, "fsync", lambda fd: calls.append(fd))
     with open(tmp_path / "out", "wb") as raw, HashingWriter(raw) as writer:
         for piece in _pieces(3, 10):
             writer.write(piece)
@@ -77,15 +77,15 @@ def test_a_writer_that_is_not_durable_never_syncs(
 def test_a_failed_write_on_the_helper_thread_reaches_the_caller(tmp_path: Path) -> None:
     (tmp_path / "read-only").write_bytes(b"")
     with open(tmp_path / "read-only", "rb") as raw, HashingWriter(raw) as writer:  # noqa: SIM117
-        writer.write(b"x" * (builder.CHUNK + 1))
+        writer.write(b"x" * (streams.CHUNK + 1))
         with pytest.raises(OSError):
             writer.flush()
 
 
 def test_spool_segments_read_back_by_offset_and_drain_in_order(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(builder, "SEGMENT", 1000)
-    monkeypatch.setattr(builder, "CHUNK", 256)  # hand writes to the files often
+    monkeypatch.setattr(streams, "SEGMENT", 1000)
+    monkeypatch.setattr(streams, "CHUNK", 256)  # hand writes to the files often
     files = SpoolFiles(tmp_path, name="test")
     pieces = [bytes([i % 251]) * size for i, size in enumerate((10, 999, 1, 2500, 7, 1200, 3))]
     offsets = []

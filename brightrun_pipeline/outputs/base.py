@@ -1,13 +1,87 @@
-"""What an export derived from the JSONL declares: how each pair becomes a row, and how a row is
-checked against the pair it came from."""
+"""What an output of a version declares: its object's name and how it is served, how it is
+written from the version's conversations, how it is carried over from the previous version on an
+append, and the blocking checks it is held to. Also what an export derived from the JSONL line by
+line declares (a `LineExport`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from brightrun_pipeline.builder import BuildSpec, PreviousVersion, VersionBuild
+    from brightrun_pipeline.streams import HashingWriter
+    from brightrun_pipeline.verification import CheckContext
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """Whether one check passed, and why not."""
+
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """A blocking check of a version's objects, shown on one of the two Dagster assets
+    ("json" or "jsonl"). `run` sees the built version through a CheckContext; a check declared by
+    several outputs (by the same object) runs once."""
+
+    name: str
+    description: str
+    asset: str
+    run: Callable[[CheckContext], CheckOutcome]
+
+
+class Output:
+    """One object of a version.
+
+    `write` produces the whole object from the version's conversations (reusing the previous
+    version's bytes of conversations that did not change, where it can); `carry` produces it on an
+    append, when only conversations were added: the previous version's object, checked against
+    its recorded hash, followed by what the new conversations add. The builder calls `carry` when
+    the version only appends and `can_carry` says the previous version has what it needs,
+    otherwise `write`. An output is written once the objects named by `inputs` are finished (in
+    the build's work directory, `build.path(name)`); outputs with no inputs are derived from the
+    conversations themselves.
+    """
+
+    name: str
+    format: str
+    title: str
+    media_type: str
+    # The Dagster asset the object and its checks belong to: "json" or "jsonl".
+    asset: str
+    checks: tuple[Check, ...] = ()
+    # The train/validation side an object holds (split parts of an export), else None.
+    split: str | None = None
+    # The export it is (or is a part of), for exports derived from the JSONL.
+    export: LineExport | None = None
+
+    def present(self, spec: BuildSpec) -> bool:
+        """Whether a version built from `spec` has this object."""
+        return True
+
+    def inputs(self, present: tuple[str, ...]) -> tuple[str, ...]:
+        """The objects (among those the version has) this one is derived from."""
+        return ()
+
+    def write(self, build: VersionBuild, out: HashingWriter) -> None:
+        """Write the whole object."""
+        raise NotImplementedError
+
+    def can_carry(self, previous: PreviousVersion) -> bool:
+        """Whether an append can start from the previous version's object."""
+        return False
+
+    def carry(self, build: VersionBuild, out: HashingWriter) -> None:
+        """Write the object of an append: the previous version's, then the additions'."""
+        raise NotImplementedError
+
 
 # The roles a pair's history may use, and the chat role each becomes.
 HISTORY_ROLES = {"user": "user", "client": "user", "assistant": "assistant",
