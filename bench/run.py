@@ -149,6 +149,9 @@ RECYCLED = " · memory recycled"
 ON_POSTGRES = " · PostgreSQL"
 BUILD = "build new file (JSON + JSONL + manifest)"
 ADD = "add 80 to the file"
+# The same with every registered export (chat, prompt/completion) as well, as versions are built.
+BUILD_ALL = "build new file, all outputs (+ chat and prompt/completion exports)"
+ADD_ALL = "add 80 to the file, all outputs"
 NAIVE = "naive baseline (load all, json.dump indent=2)"
 # The rows measured again with recycled memory (see recycle_memory).
 RECYCLED_ROWS = ("build new file (JSON + JSONL + manifest)", "add 80 to the file",
@@ -271,8 +274,10 @@ def bench_size(n: int, repeat: int, recycled: bool = False,
 
     def built_note(out: str) -> str:
         facts = orjson.loads(out.strip().splitlines()[-1])
+        exports = facts.get("export_bytes", 0)
         return (f"{facts['fetched']} fetched; JSON {facts['json_bytes'] / 1e6:.0f} MB,"
-                f" JSONL {facts['jsonl_bytes'] / 1e6:.0f} MB")
+                f" JSONL {facts['jsonl_bytes'] / 1e6:.0f} MB"
+                + (f", exports {exports / 1e6:.0f} MB" if exports else ""))
 
     def added_note(out: str) -> str:
         return f"{orjson.loads(out.strip().splitlines()[-1])['fetched']} sources fetched"
@@ -283,6 +288,10 @@ def bench_size(n: int, repeat: int, recycled: bool = False,
         Row("build new file (JSON + JSONL + manifest)", task("build_new", directory, str(n)),
             before=lambda: shutil.rmtree(outputs, ignore_errors=True), note=built_note),
         Row("add 80 to the file", task("add_80", directory, str(n)),
+            before=lambda: shutil.rmtree(version_2, ignore_errors=True), note=added_note),
+        Row(BUILD_ALL, task("build_new_all", directory, str(n)),
+            before=lambda: shutil.rmtree(outputs, ignore_errors=True), note=built_note),
+        Row(ADD_ALL, task("add_80_all", directory, str(n)),
             before=lambda: shutil.rmtree(version_2, ignore_errors=True), note=added_note),
         *([Row("build new file (JSON + JSONL + manifest)" + ON_POSTGRES,
                task("build_new_pg", directory, str(n)),
@@ -609,6 +618,9 @@ def main() -> None:
                              "PostgreSQL) and replace only its section of --output")
     parser.add_argument("--console-repeat", type=int, default=9,
                         help="timed runs of each console query (after one warm-up)")
+    parser.add_argument("--keep-console", action="store_true",
+                        help="measure everything but the console part and keep the console "
+                             "section already in --output")
     parser.add_argument("--browser-repeat", type=int, default=7,
                         help="warm loads of each console page in the headless browser (after "
                              "one cold load); 0 leaves the browser rows out")
@@ -653,13 +665,17 @@ def main() -> None:
     results.extend(bench_s3(args.repeat))
     results.extend(bench_request(args.repeat))
     results.append(bench_sensor_latency())
-    print("console, 100,000 conversations …", flush=True)
-    console = bench_console(args.postgres, args.console_repeat, args.browser_repeat)
+    if args.keep_console:
+        console = console_section(args.output)
+    else:
+        print("console, 100,000 conversations …", flush=True)
+        console = bench_console(args.postgres, args.console_repeat, args.browser_repeat)
     table = render(results, args.repeat)
     print(table)
     print(console)
     args.output.write_text(table + _analysis(results), encoding="utf-8")
-    write_console_section(args.output, console)
+    if console:
+        write_console_section(args.output, console)
     print(f"wrote {args.output}")
 
 
@@ -706,6 +722,14 @@ def _analysis(results: list[Measure]) -> str:
                 _fetched_goal(add),
                 _goal("add 80 ≤ 2× the copy floor", add.seconds, 2 * copy.seconds),
             ])
+        build_all, add_all = by.get((BUILD_ALL, n)), by.get((ADD_ALL, n))
+        if build_all and add_all:
+            out.append(
+                f"- N = {n:,} with every export as well (as versions are built): build "
+                f"{build_all.seconds:.2f} s = {build_all.seconds / build.seconds:.2f}× the "
+                f"JSON + JSONL build ({build_all.note}), peak {build_all.peak_mb:.0f} MB; add 80 "
+                f"{add_all.seconds:.2f} s = {add_all.seconds / add.seconds:.2f}× (the previous "
+                f"exports are copied as well), peak {add_all.peak_mb:.0f} MB.")
         pg_build, pg_add = by.get((BUILD + ON_POSTGRES, n)), by.get((ADD + ON_POSTGRES, n))
         if pg_build and pg_add:
             out.extend([

@@ -14,6 +14,7 @@ holds at most 80 conversations) and, like the rows without a database, no blocki
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -36,6 +37,7 @@ from brightrun_pipeline.builder import (
 from brightrun_pipeline.config import RetrySettings
 from brightrun_pipeline.members import MemberRecord
 from brightrun_pipeline.models import ManifestObject
+from brightrun_pipeline.outputs import EXPORTS
 from brightrun_pipeline.storage import LocalObjectStore
 
 if TYPE_CHECKING:
@@ -47,6 +49,10 @@ PUBLISHED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 # Where the `_pg` tasks write their versions (the tasks without a database use training-files).
 PG_BUCKET = "training-files-pg"
+# The rows compared with the floors build the contract's objects (JSON, JSONL, manifest); the
+# "all outputs" rows also build every registered export, as a version does by default.
+CORE: tuple[str, ...] = ()
+ALL_EXPORTS: tuple[str, ...] = tuple(export.name for export in EXPORTS)
 
 
 class CountingStore(LocalObjectStore):
@@ -75,12 +81,13 @@ def _incoming(data: Path, first: int, count: int) -> list[IncomingConversation]:
         updated_at=datetime.fromisoformat(r["updated_at"])) for r in rows]
 
 
-def build_new(data: Path, n: int) -> None:
-    """Our build of a new file with the first n conversations."""
+def build_new(data: Path, n: int, exports: tuple[str, ...] = CORE) -> None:
+    """Our build of a new file with the first n conversations (JSON, JSONL and manifest; with
+    `exports`, also those exports)."""
     store = CountingStore(data / "storage")
     store.ensure_bucket("training-files")
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 1, PUBLISHED, "request", None, [], None,
-                     None, None, _incoming(data, 0, n))
+                     None, None, _incoming(data, 0, n), exports=exports)
     built = build_version(spec, lambda: [], sources=store, source_bucket="conversation-files",
                           outputs=store, output_bucket="training-files", concurrency=CONCURRENCY,
                           retry=RetrySettings())
@@ -94,11 +101,13 @@ def build_new(data: Path, n: int) -> None:
         for member in built.added_members:
             out.write(orjson.dumps(member) + b"\n")
     print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": built.json.size,
-                      "jsonl_bytes": built.jsonl.size}))
+                      "jsonl_bytes": built.jsonl.size,
+                      "export_bytes": sum(item.size for item in built.exports.values())}))
 
 
-def add_80(data: Path, n: int) -> None:
-    """Our incremental add of 80 conversations to the file of n built by build_new."""
+def add_80(data: Path, n: int, exports: tuple[str, ...] = CORE) -> None:
+    """Our incremental add of 80 conversations to the file of n built by build_new (with the
+    same `exports`)."""
     built = orjson.loads((data / "v1.json").read_bytes())
     store = CountingStore(data / "storage")
     previous = PreviousVersion(1, {name: ManifestObject(**item)
@@ -106,7 +115,7 @@ def add_80(data: Path, n: int) -> None:
                                built["body_start"], built["body_end"])
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 2, PUBLISHED, "request", None, [],
                      built["vertical"], built["consultant_profile"], previous,
-                     _incoming(data, n, 80))
+                     _incoming(data, n, 80), exports=exports)
     def members() -> Iterator[MemberRecord]:
         with open(data / "v1-members.jsonl", "rb") as lines:
             for line in lines:
@@ -167,7 +176,7 @@ def build_new_pg(data: Path, n: int) -> None:
 
     pipeline = _pipeline(data)
     spec = BuildSpec(FILE_ID, "Bench", None, PUBLISHED, 1, PUBLISHED, "request", None, [], None,
-                     None, None, _additions(pipeline, data, 0, n))
+                     None, None, _additions(pipeline, data, 0, n), exports=CORE)
     plan = VersionPlan(spec, expected_current_version=None,
                        new_file=NewFile(FILE_ID, "Bench", None, None, PUBLISHED))
     built = _build_and_publish(pipeline, plan).built
@@ -187,7 +196,7 @@ def add_80_pg(data: Path, n: int) -> None:
     previous = pipeline.previous_version(FILE_ID, current.version)
     spec = BuildSpec(FILE_ID, file.name, file.description, file.created_at, 2, PUBLISHED,
                      "request", None, [], file.vertical, file.consultant_profile, previous,
-                     _additions(pipeline, data, n, 80))
+                     _additions(pipeline, data, n, 80), exports=CORE)
     built = _build_and_publish(pipeline, VersionPlan(spec, expected_current_version=1,
                                                      new_file=None)).built
     print(json.dumps({"fetched": CountingStore.fetched, "json_bytes": built.json.size}))
@@ -220,7 +229,9 @@ def s3_fetch_80(data: Path, endpoint: str) -> None:
 
 
 TASKS = {"build_new": build_new, "add_80": add_80, "build_new_pg": build_new_pg,
-         "add_80_pg": add_80_pg}
+         "add_80_pg": add_80_pg,
+         "build_new_all": functools.partial(build_new, exports=ALL_EXPORTS),
+         "add_80_all": functools.partial(add_80, exports=ALL_EXPORTS)}
 
 if __name__ == "__main__":
     task, directory, argument = sys.argv[1], Path(sys.argv[2]), sys.argv[3]

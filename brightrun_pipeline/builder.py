@@ -16,9 +16,10 @@ import fcntl
 import io
 import os
 import shutil
+import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -40,11 +41,17 @@ from brightrun_pipeline.models import (
     ScaffoldingDistribution,
     TrainingFileMetadata,
 )
-from brightrun_pipeline.outputs import EXPORTS, OUTPUTS, Output
+from brightrun_pipeline.outputs import EXPORTS, OUTPUTS, SPLITS, LineExport, Output
 from brightrun_pipeline.rules import quality_tier
 from brightrun_pipeline.sources import FetchedSource, ParsedSource, fetch_sources, parse_source
 from brightrun_pipeline.storage import ObjectStore
-from brightrun_pipeline.streams import BLOCK_SEPARATOR, HashingWriter, SpoolFiles, array_item
+from brightrun_pipeline.streams import (
+    BLOCK_SEPARATOR,
+    HashingWriter,
+    SpoolFiles,
+    array_item,
+    copy_verified_prefix,
+)
 
 JSON_NAME, JSONL_NAME, MANIFEST_NAME = "training.json", "training.jsonl", "manifest.json"
 BASE_NAMES = (JSON_NAME, JSONL_NAME, MANIFEST_NAME)
@@ -147,6 +154,8 @@ class BuiltVersion:
     consultant_profile: dict[str, Any]
     added_members: list[MemberRecord]
     rebuilt_members: list[MemberRecord]
+    # The objects that start with the previous version's object, byte for byte (an append).
+    carried: frozenset[str] = frozenset()
     # Retries of transient storage errors: of the source fetches (counted here), and of the
     # writes of this version and reads of the previous one (counted by the store that did them).
     source_fetch_retries: int = 0
@@ -208,11 +217,19 @@ class VersionBuild:
     fresh: dict[str, Fresh]
     blocks: SpoolFiles
     lines: SpoolFiles
+    # Per export (by name): the rows of the fresh conversations' lines, in reading order; absent
+    # when the version rebuilds conversations.
+    rows: dict[str, SpoolFiles]
     profile: dict[str, Any]
     # The header of training.json, worked out from the membership before any output is written.
     metadata: TrainingFileMetadata = field(init=False)
-    # Objects finished so far, by name.
+    # The split side of every JSONL line in order (its index in SPLITS), when split.
+    line_sides: bytes | None = None
+    # How many lines the previous version's JSONL has (what an append carries over).
+    previous_lines: int = 0
+    # Objects finished so far, by name, and those carried over from the previous version.
     objects: dict[str, ManifestObject] = field(default_factory=dict)
+    carried: set[str] = field(default_factory=set)
     # Where training.json's conversation blocks start and end (set by its output).
     body_start: int = 0
     body_end: int = 0
@@ -242,8 +259,6 @@ class VersionBuild:
     def copy_previous(self, name: str, out: HashingWriter) -> None:
         """Copy the previous version's object `name` to the start of `out`, checked against its
         recorded hash (the check costs no second pass: `out`'s running hash is the object's)."""
-        from brightrun_pipeline.streams import copy_verified_prefix
-
         previous = self.spec.previous
         assert previous is not None
         item = previous.objects[name]
@@ -282,8 +297,11 @@ class VersionBuild:
 
 def block_and_lines(
     source: ParsedSource, incoming: IncomingConversation, added_in_version: int, version: int,
-) -> tuple[bytes, bytes, MemberRecord]:
-    """Serialize one conversation: its JSON block, its JSONL lines and its membership facts."""
+    exports: Sequence[LineExport] = (),
+) -> tuple[bytes, bytes, MemberRecord, list[bytes]]:
+    """Serialize one conversation: its JSON block, its JSONL lines, its membership facts, and the
+    rows its lines give in each of `exports` (derived from the lines as built, which equal the
+    lines as parsed back, so the JSONL is not parsed again for them)."""
     pairs: list[dict[str, Any]] = source.document["training_pairs"]
     first_meta = pairs[0]["conversation_metadata"]
     cid = incoming.conversation_id
@@ -309,6 +327,7 @@ def block_and_lines(
     block = array_item({"conversation_metadata": metadata.model_dump(mode="json"),
                         "training_pairs": pairs})
     lines = io.BytesIO()
+    rows: list[list[bytes]] = [[] for _ in exports]
     trainable = 0
     reviewed = 0
     for pair in pairs:
@@ -323,6 +342,8 @@ def block_and_lines(
             line[name] = pair[name]
         lines.write(orjson.dumps(line))
         lines.write(b"\n")
+        for index, export in enumerate(exports):
+            rows[index].append(export.row(line))
     member = MemberRecord(
         training_file_id="",
         conversation_id=cid,
@@ -341,7 +362,7 @@ def block_and_lines(
         emotional_arc_key=incoming.emotional_arc_key,
         topic_key=incoming.topic_key,
     )
-    return block, lines.getvalue(), member
+    return block, lines.getvalue(), member, [b"".join(part) for part in rows]
 
 
 
@@ -355,16 +376,18 @@ class Serialized:
     member: MemberRecord
     consultant_profile: dict[str, Any]
     vertical: str
+    rows: list[bytes]
 
 
 def serialize_source(fetched: FetchedSource, conversation: IncomingConversation, added_in: int,
-                     version: int) -> Serialized:
+                     version: int, exports: Sequence[LineExport] = ()) -> Serialized:
     """Validate one fetched source and serialize it."""
     source = parse_source(fetched)
-    block, lines, member = block_and_lines(source, conversation, added_in, version)
+    block, lines, member, rows = block_and_lines(source, conversation, added_in, version, exports)
     return Serialized(conversation.conversation_id, block, lines, member,
                       source.document["consultant_profile"],
-                      source.document["dataset_metadata"]["vertical"])
+                      source.document["dataset_metadata"]["vertical"], rows)
+
 
 def build_version(
     spec: BuildSpec,
@@ -384,7 +407,9 @@ def build_version(
     with other bytes means another writer got in, and this build is stale.
 
     `members` yields the conversations already in the file, in file order (the database's view of
-    version N). Nothing is published here: the objects are written, the caller checks and commits.
+    version N); it is called from the outputs' threads too, so it must open its own connection
+    (a pooled engine does; an in-memory SQLite database would not). Nothing is published here:
+    the objects are written, the caller checks and commits.
     """
     tid = spec.training_file_id
     present = version_outputs(spec)
@@ -477,14 +502,22 @@ def _build(
     rebuilt_members: list[MemberRecord] = []
     build = VersionBuild(spec=spec, work=work, keys=keys, store=outputs, bucket=output_bucket,
                          durable=outputs.syncs_files, members=members, fresh=intake.fresh,
-                         blocks=intake.blocks, lines=intake.lines, profile=intake.profile)
+                         blocks=intake.blocks, lines=intake.lines, rows=intake.rows,
+                         profile=intake.profile)
     addition_ids = {c.conversation_id for c in spec.additions}
+    sides = bytearray() if spec.splits is not None else None
     for member in build.file_order():
         totals.add(member)
         if member.conversation_id in addition_ids:
             added_members.append(member)
-        elif member.conversation_id in intake.fresh:
-            rebuilt_members.append(member)
+        else:
+            build.previous_lines += member.trainable_pair_count
+            if member.conversation_id in intake.fresh:
+                rebuilt_members.append(member)
+        if sides is not None:
+            side = SPLITS.index(spec.splits[member.conversation_id])  # type: ignore[index]
+            sides += bytes((side,)) * member.trainable_pair_count
+    build.line_sides = None if sides is None else bytes(sides)
     build.metadata = TrainingFileMetadata(
         training_file_id=spec.training_file_id,
         file_name=spec.file_name,
@@ -517,41 +550,61 @@ def _build(
         consultant_profile=intake.profile,
         added_members=added_members,
         rebuilt_members=rebuilt_members,
+        carried=frozenset(build.carried),
         source_fetch_retries=intake.fetch_retries,
     )
 
 
 def _write_outputs(build: VersionBuild, present: tuple[Output, ...], stack: ExitStack) -> None:
-    """Write every output once its inputs are finished; outputs whose inputs are all finished
-    are written at the same time (each on its own thread: hashing and I/O release the GIL)."""
+    """Write every output as soon as the objects it is derived from are finished, two at a time
+    (hashing and I/O release the GIL). A failure stops new outputs from starting; the running
+    ones are waited for, so that no thread outlives the build, and the first failure is raised."""
     names = tuple(output.name for output in present)
     pending = list(present)
+    running: dict[Future[ManifestObject], Output] = {}
+    failure: BaseException | None = None
     pool = stack.enter_context(ThreadPoolExecutor(max_workers=2,
                                                   thread_name_prefix="brightrun-output"))
-    while pending:
-        ready = [o for o in pending if set(o.inputs(names)) <= build.objects.keys()]
-        if not ready:
-            raise AssertionError(f"outputs depend on each other: {[o.name for o in pending]}")
-        pending = [o for o in pending if o not in ready]
-        futures = [(output, pool.submit(_write_output, build, output)) for output in ready]
-        # Every one is waited for before anything is raised, so no thread outlives the build.
-        results = [(output, future.exception() or future.result()) for output, future in futures]
-        for output, result in results:
-            if isinstance(result, BaseException):
-                raise result
-            build.objects[output.name] = result
+    lock = threading.Lock()
+    while pending or running:
+        if failure is None:
+            ready = [o for o in pending if set(o.inputs(names)) <= build.objects.keys()]
+            pending = [o for o in pending if o not in ready]
+            for output in ready:
+                running[pool.submit(_write_output, build, output, stack, lock)] = output
+            if not running:
+                raise AssertionError(f"outputs wait on each other: {[o.name for o in pending]}")
+        elif not running:
+            break
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            output = running.pop(future)
+            if future.exception() is not None:
+                failure = failure or future.exception()
+            else:
+                build.objects[output.name] = future.result()
+    if failure is not None:
+        raise failure
 
 
-def _write_output(build: VersionBuild, output: Output) -> ManifestObject:
+def _write_output(build: VersionBuild, output: Output, stack: ExitStack,
+                  lock: threading.Lock) -> ManifestObject:
+    """Write one output to its file in the work directory. Its fsync (a durable store's) is left
+    running on the writer's helper thread: the file is closed, and so synced, when the build
+    ends, before any object is stored."""
     previous = build.previous
-    with open(build.path(output.name), "wb") as raw, \
-            HashingWriter(raw, durable=build.durable) as out:
-        if build.appending and previous is not None and output.can_carry(previous):
-            output.carry(build, out)
-        else:
-            output.write(build, out)
-        out.sync()
-        return out.result(build.keys[output.name])
+    with lock:
+        raw = stack.enter_context(open(build.path(output.name), "wb"))  # noqa: SIM115
+        out = stack.enter_context(HashingWriter(raw, durable=build.durable))
+    if build.appending and previous is not None and output.can_carry(previous):
+        output.carry(build, out)
+        with lock:
+            build.carried.add(output.name)
+    else:
+        output.write(build, out)
+    result = out.result(build.keys[output.name])
+    out.sync()
+    return result
 
 
 @dataclass
@@ -561,6 +614,7 @@ class _Intake:
     fresh: dict[str, Fresh]
     blocks: SpoolFiles
     lines: SpoolFiles
+    rows: dict[str, SpoolFiles]
     profile: dict[str, Any]
     vertical: str | None
     fetch_retries: int
@@ -582,11 +636,21 @@ def _read_conversations(
     the file's rejects the request (or fails a rebuild)."""
     block_files = SpoolFiles(work, name="blocks")
     stack.callback(block_files.close)
-    blocks = stack.enter_context(HashingWriter(block_files, hashed=False))
+    blocks = stack.enter_context(HashingWriter(block_files, hashed=False, in_flight=1))
     line_files = SpoolFiles(work, name="lines")
     stack.callback(line_files.close)
-    lines = stack.enter_context(HashingWriter(line_files, hashed=False))
+    lines = stack.enter_context(HashingWriter(line_files, hashed=False, in_flight=1))
     rebuild_ids = {c.conversation_id for c in spec.rebuilds}
+    # The rows of the new lines in each export, spooled in reading order: what a first version or
+    # an append drains behind (a rebuild derives its exports from the finished JSONL instead).
+    # Spool writers keep one chunk in flight: a page-cache write is quick, memory is not free.
+    exports = [] if rebuild_ids else [export for export in EXPORTS if export.name in spec.exports]
+    row_files = {export.name: SpoolFiles(work, name=f"rows-{index}")
+                 for index, export in enumerate(exports)}
+    row_writers = []
+    for files in row_files.values():
+        stack.callback(files.close)
+        row_writers.append(stack.enter_context(HashingWriter(files, hashed=False, in_flight=1)))
     incoming = {c.conversation_id: c for c in [*spec.rebuilds, *spec.additions]}
     wanted = [(c.conversation_id, c.source_key) for c in incoming.values()]
     previous_members = {}
@@ -607,7 +671,8 @@ def _read_conversations(
                                  retry=retry):
         fetch_retries += fetched.attempts - 1
         conversation = incoming[fetched.conversation_id]
-        item = serialize_source(fetched, conversation, added_in_of(conversation), spec.version)
+        item = serialize_source(fetched, conversation, added_in_of(conversation), spec.version,
+                                exports)
         if profile is None:
             profile, vertical = item.consultant_profile, item.vertical
         elif item.consultant_profile != profile:
@@ -620,6 +685,8 @@ def _read_conversations(
         block_offset, lines_offset = blocks.size, lines.size
         blocks.write(item.block)
         lines.write(item.lines)
+        for writer, rows in zip(row_writers, item.rows, strict=True):
+            writer.write(rows)
         fresh[item.conversation_id] = Fresh(item.member, block_offset, len(item.block),
                                             lines_offset, len(item.lines))
     if ineligible:
@@ -628,9 +695,9 @@ def _read_conversations(
         raise RequestRejected(
             f"{len(ineligible)} conversation(s) cannot be added to {spec.file_name!r}", ineligible)
     assert profile is not None
-    blocks.flush()
-    lines.flush()
-    return _Intake(fresh, block_files, line_files, profile, vertical, fetch_retries)
+    for writer in (blocks, lines, *row_writers):
+        writer.flush()
+    return _Intake(fresh, block_files, line_files, row_files, profile, vertical, fetch_retries)
 
 
 def _placed(member: MemberRecord, *, tid: str, position: int, split: str | None

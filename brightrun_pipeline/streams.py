@@ -26,7 +26,7 @@ from brightrun_pipeline.models import ManifestObject
 CHUNK = 4 << 20
 BACKGROUND_HASH_MIN = 256 << 10
 # Chunks a HashingWriter may have in flight on its helper thread.
-WRITE_BEHIND = 4
+WRITE_BEHIND = 2
 # Size of one spool segment file.
 SEGMENT = 32 << 20
 # A durable writer asks the OS to start writing to disk after every WRITEBACK bytes.
@@ -92,8 +92,9 @@ class HashingWriter:
 
     Writes are gathered into chunks of about CHUNK bytes; a helper thread hashes and writes each
     chunk in order (hashlib and file writes release the GIL), so the caller's parsing and
-    serialization overlap with hashing and I/O. At most WRITE_BEHIND chunks are in flight, so
-    memory stays bounded. Use it as a context manager, inside the one that closes `raw`.
+    serialization overlap with hashing and I/O. At most `in_flight` chunks (WRITE_BEHIND unless
+    told) are in flight, so memory stays bounded. Use it as a context manager, inside the one
+    that closes `raw`.
 
     A `durable` writer also starts writing its file to disk as it goes (every WRITEBACK bytes,
     where the OS allows it) and can fsync in the background (`sync`), so that making the file
@@ -101,8 +102,9 @@ class HashingWriter:
     """
 
     def __init__(self, raw: IO[bytes] | SpoolFiles, *, hashed: bool = True,
-                 durable: bool = False) -> None:
+                 durable: bool = False, in_flight: int = WRITE_BEHIND) -> None:
         self.raw = raw
+        self._in_flight = in_flight
         self._hash = hashlib.sha256() if hashed else None
         self.size = 0
         self._buffer: list[bytes] = []
@@ -134,7 +136,7 @@ class HashingWriter:
         data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
         self._buffer = []
         self._buffered = 0
-        while len(self._pending) >= WRITE_BEHIND:
+        while len(self._pending) >= self._in_flight:
             self._pending.popleft().result()
         self._pending.append(self._thread.submit(self._put, data))
 

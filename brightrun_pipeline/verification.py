@@ -35,12 +35,6 @@ class CheckContext:
         self.bucket = pipeline.training_bucket
         self._done: dict[str, Any] = {}
 
-    @property
-    def appending(self) -> bool:
-        """Whether the version only adds conversations to a previous one."""
-        spec = self.built.spec
-        return spec.previous is not None and not spec.rebuilds
-
     @cached_property
     def outputs(self) -> tuple[Output, ...]:
         """The registered outputs the version has, in registry order."""

@@ -48,7 +48,7 @@ from brightrun_pipeline.errors import (
     StaleVersion,
     TransientStorageError,
 )
-from brightrun_pipeline.outputs import EXPORTS
+from brightrun_pipeline.outputs import BY_NAME, EXPORTS
 from brightrun_pipeline.reproduce import reproduce_version
 from brightrun_pipeline.retry import call_with_retry
 from brightrun_pipeline.s3_store import S3ObjectStore
@@ -214,6 +214,22 @@ def test_the_worked_example_is_reproduced(tmp_path: Path) -> None:
 
 def test_building_the_same_spec_twice_gives_the_same_bytes(tmp_path: Path) -> None:
     assert build_example(tmp_path / "first") == build_example(tmp_path / "second")
+
+
+@pytest.mark.parametrize("failing", ["training.json", "training.chat.jsonl", "manifest.json"])
+def test_a_failing_output_fails_the_build_and_stores_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    # The first output written, one written after the JSONL, and the last one.
+    def broken(build: object, out: object) -> None:
+        raise RuntimeError(f"{failing} could not be written")
+
+    monkeypatch.setattr(BY_NAME[failing], "write", broken)
+    with pytest.raises(RuntimeError, match=failing):
+        build_example(tmp_path)
+    store = LocalObjectStore(tmp_path)
+    assert list(store.list_keys("training-files")) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("brightrun-output")]
+    assert not list(store.scratch_dir("training-files").glob("build-*"))
 
 
 # --- Versions through the pipeline ------------------------------------------------------------

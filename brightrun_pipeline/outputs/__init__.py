@@ -31,13 +31,13 @@ OUTPUTS: tuple[Output, ...] = (
 
 JSON, JSONL, MANIFEST = document.OUTPUT, jsonl.OUTPUT, manifest.OUTPUT
 OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in OUTPUTS)
-# Every object derived from the JSONL (whole exports and their split parts).
-EXPORT_OBJECT_NAMES: frozenset[str] = frozenset(o.name for o in OUTPUTS if o.export)
 BY_FORMAT: dict[tuple[str, str | None], Output] = {(o.format, o.split): o for o in OUTPUTS}
 BY_NAME: dict[str, Output] = {o.name: o for o in OUTPUTS}
 FORMATS: tuple[str, ...] = tuple(dict.fromkeys(o.format for o in OUTPUTS))
 # Every blocking check of a version, once each (a check several outputs declare runs once).
 CHECKS: tuple[Check, ...] = tuple(dict.fromkeys(c for o in OUTPUTS for c in o.checks))
+assert len({c.name for c in CHECKS}) == len(CHECKS), "two different checks share a name"
+assert len(BY_NAME) == len(OUTPUTS), "two outputs share a name"
 
 
 def output_for_format(fmt: str, split: str | None = None) -> Output | None:

@@ -54,8 +54,6 @@ class Output:
     format: str
     title: str
     media_type: str
-    # The Dagster asset the object and its checks belong to: "json" or "jsonl".
-    asset: str
     checks: tuple[Check, ...] = ()
     # The train/validation side an object holds (split parts of an export), else None.
     split: str | None = None

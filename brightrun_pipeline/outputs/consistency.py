@@ -57,10 +57,11 @@ def outcome(name: str) -> Callable[[CheckContext], CheckOutcome]:
 
 
 def run(context: CheckContext) -> dict[str, CheckOutcome]:
-    """Every outcome of the pass; on an append, the copied bytes are compared, not re-parsed."""
+    """Every outcome of the pass; when both objects were carried over (an append), the copied
+    bytes are compared, not re-parsed."""
     built, store, bucket = context.built, context.store, context.bucket
     members = context.previous_members()
-    if context.appending:
+    if {"training.json", "training.jsonl"} <= built.carried:
         report = _verify(store, bucket, built, members, carried=built.spec.previous)
         if CARRIED not in report:
             return report

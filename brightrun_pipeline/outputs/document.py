@@ -44,7 +44,6 @@ class Document(Output):
     format = "json"
     title = "Full JSON (brightrun-lora-v4)"
     media_type = "application/json"
-    asset = "json"
     checks = (
         Check("matches_v4_format", "Every block and the header validate against the v4 model.",
               "json", consistency.outcome("matches_v4_format")),

@@ -22,7 +22,6 @@ class ExportOutput(Output):
     """The whole export: one row per JSONL line, in the JSONL's order."""
 
     media_type = "application/x-ndjson"
-    asset = "jsonl"
 
     def __init__(self, export: LineExport) -> None:
         self.export = export
@@ -34,24 +33,38 @@ class ExportOutput(Output):
         return self.name in spec.exports
 
     def inputs(self, present: tuple[str, ...]) -> tuple[str, ...]:
+        # Also when its rows were spooled: derived from the JSONL, it is written after it.
         return (JSONL,)
 
     def write(self, build: VersionBuild, out: HashingWriter) -> None:
-        with open(build.path(JSONL), "rb") as lines:
-            for line in lines:
-                out.write(self.export.row(orjson.loads(line)))
+        """A first version drains the rows its conversations gave as they were read; a version
+        built on a previous one derives every row from the finished JSONL."""
+        spooled = build.rows.get(self.name)
+        if build.previous is None and spooled is not None:
+            spooled.drain(out)
+            return
+        self._derive(build, out, 0)
 
     def can_carry(self, previous: PreviousVersion) -> bool:
         return self.name in previous.objects
 
     def carry(self, build: VersionBuild, out: HashingWriter) -> None:
         """The previous version's export (checked against its hash), then the rows of the lines
-        this version added (which follow the previous JSONL's bytes, byte for byte)."""
+        this version added."""
         previous = build.previous
         assert previous is not None
         build.copy_previous(self.name, out)
+        spooled = build.rows.get(self.name)
+        if spooled is not None:
+            spooled.drain(out)
+        else:
+            # The new lines follow the previous JSONL's bytes, byte for byte.
+            self._derive(build, out, previous.jsonl.size)
+
+    def _derive(self, build: VersionBuild, out: HashingWriter, start: int) -> None:
+        """The rows of the JSONL's lines from byte `start` on."""
         with open(build.path(JSONL), "rb") as lines:
-            lines.seek(previous.jsonl.size)
+            lines.seek(start)
             for line in lines:
                 out.write(self.export.row(orjson.loads(line)))
 
@@ -64,8 +77,8 @@ class ExportOutput(Output):
             return CheckOutcome(True, f"this version has no {self.name}")
         store, bucket = context.store, context.bucket
         built_object, previous = built.objects[self.name], built.spec.previous
-        carried = (previous.objects.get(self.name)
-                   if context.appending and previous is not None else None)
+        carried = (previous.objects[self.name]
+                   if self.name in built.carried and previous is not None else None)
         problems: list[str] = []
         with store.open_read(bucket, built_object.key) as rows_raw, \
                 store.open_read(bucket, built.jsonl.key) as lines_raw:

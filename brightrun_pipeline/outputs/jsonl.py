@@ -24,7 +24,6 @@ class Lines(Output):
     format = "jsonl"
     title = "JSONL (one line per trainable pair)"
     media_type = "application/x-ndjson"
-    asset = "jsonl"
     checks = (
         Check("line_count_matches", "JSONL line count equals trainable_pairs.", "jsonl",
               consistency.outcome("line_count_matches")),

@@ -25,7 +25,6 @@ class Manifest(Output):
     format = "manifest"
     title = "Manifest (lineage and hashes)"
     media_type = "application/json"
-    asset = "json"
     checks = (
         Check("manifest_matches_objects", "The manifest's hashes and sizes are the objects'.",
               "json", consistency.outcome("manifest_matches_objects")),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from brightrun_pipeline.errors import ProcessingFailed
 from brightrun_pipeline.outputs.base import Check, CheckOutcome, LineExport, Output
 from brightrun_pipeline.streams import HashingReader, iter_lines
 
@@ -24,21 +25,12 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "validation")
 JSONL = "training.jsonl"
-_LINE_HEAD = b'{"id":"'
-_ID_LENGTH = 36
 
 
 def split_name(export: LineExport, side: str) -> str:
     """The object holding one side of an export: "training.chat.jsonl" →
     "training.chat.train.jsonl"."""
     return export.name.removesuffix(".jsonl") + f".{side}.jsonl"
-
-
-def line_conversation(line: bytes) -> str:
-    """The conversation a JSONL line belongs to (its id starts with the conversation's)."""
-    if line.startswith(_LINE_HEAD):
-        return line[len(_LINE_HEAD):len(_LINE_HEAD) + _ID_LENGTH].decode()
-    return orjson.loads(line)["conversation_id"]
 
 
 def _check_leak_free(context: CheckContext) -> CheckOutcome:
@@ -99,7 +91,6 @@ class SplitPart(Output):
     """One side of an export."""
 
     media_type = "application/x-ndjson"
-    asset = "jsonl"
     checks = (LEAK_FREE,)
 
     def __init__(self, export: LineExport, side: str) -> None:
@@ -112,7 +103,7 @@ class SplitPart(Output):
         return spec.splits is not None and self.export.name in spec.exports
 
     def inputs(self, present: tuple[str, ...]) -> tuple[str, ...]:
-        return (self.export.name, JSONL)
+        return (self.export.name,)
 
     def write(self, build: VersionBuild, out: HashingWriter) -> None:
         self._rows_of_side(build, out, 0, 0)
@@ -127,16 +118,22 @@ class SplitPart(Output):
         assert previous is not None
         build.copy_previous(self.name, out)
         self._rows_of_side(build, out, previous.objects[self.export.name].size,
-                           previous.jsonl.size)
+                           build.previous_lines)
 
     def _rows_of_side(self, build: VersionBuild, out: HashingWriter, rows_from: int,
-                      lines_from: int) -> None:
-        splits = build.spec.splits
-        assert splits is not None
-        with open(build.path(self.export.name), "rb") as rows, \
-                open(build.path(JSONL), "rb") as lines:
+                      first_line: int) -> None:
+        """Copy the export's rows (from byte `rows_from`, which is row `first_line`) whose line
+        is on this side; the side of every line was worked out from the membership."""
+        sides = build.line_sides
+        assert sides is not None
+        mine = SPLITS.index(self.split)
+        with open(build.path(self.export.name), "rb") as rows:
             rows.seek(rows_from)
-            lines.seek(lines_from)
-            for row, line in zip(rows, lines, strict=True):
-                if splits[line_conversation(line)] == self.split:
+            count = 0
+            for index, row in enumerate(rows, start=first_line):
+                count += 1
+                if index < len(sides) and sides[index] == mine:
                     out.write(row)
+        if first_line + count != len(sides):
+            raise ProcessingFailed(f"{self.export.name} has {first_line + count} rows for "
+                                   f"{len(sides)} trainable pairs")
