@@ -70,7 +70,8 @@ def copy_previous(data: Path, n: int) -> None:
     """The floor of an add: copy version 1's JSON and JSONL bytes (as written by build_new)."""
     built = orjson.loads((data / "v1.json").read_bytes())
     root = data / "storage" / "training-files"
-    for key in (built["json"]["key"], built["jsonl"]["key"]):
+    objects = built["objects"]
+    for key in (objects["training.json"]["key"], objects["training.jsonl"]["key"]):
         with open(root / key, "rb") as src, open(data / "copy.tmp", "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
@@ -82,7 +83,9 @@ def write_floor(data: Path, n: int) -> None:
     and JSONL, in 4 MiB writes, to new files (no parsing, no hashing, no fsync)."""
     built = orjson.loads((data / "v1.json").read_bytes())
     chunk = bytes(4 << 20)
-    sizes = {"write.json": built["json"]["size"], "write.jsonl": built["jsonl"]["size"]}
+    objects = built["objects"]
+    sizes = {"write.json": objects["training.json"]["size"],
+             "write.jsonl": objects["training.jsonl"]["size"]}
     for name, size in sizes.items():
         with open(data / name, "wb") as out:
             for _ in range(size // len(chunk)):

@@ -508,6 +508,9 @@ def _build(
     sides = bytearray() if spec.splits is not None else None
     for member in build.file_order():
         totals.add(member)
+        fresh = intake.fresh.get(member.conversation_id)
+        if fresh is not None:
+            fresh.member = member  # placed: one record per conversation read, not two
         if member.conversation_id in addition_ids:
             added_members.append(member)
         else:

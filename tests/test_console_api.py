@@ -1433,3 +1433,13 @@ def test_a_missing_published_object_is_an_error_not_a_truncated_download(
     error = error_of(response, 500)
     assert "content-disposition" not in response.headers
     assert "missing" in error["message"]
+
+
+def test_the_icon_is_served_without_signing_in(world: World) -> None:
+    for path in ("/favicon.ico", "/static/favicon.svg"):
+        response = world.client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith("image/svg+xml")
+        assert response.content.startswith(b"<svg")
+    page = world.get("/conversations")
+    assert b'rel="icon"' in page.content

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -55,6 +55,12 @@ def create_app(services: Services, *, host: str = "127.0.0.1") -> FastAPI:
     install_error_handlers(app)
     app.middleware("http")(limit_body)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """The icon browsers ask for at the root (pages also link it under /static)."""
+        return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml")
+
     app.include_router(api.router)
     app.include_router(pages.router)
     return app
