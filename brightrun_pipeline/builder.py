@@ -90,15 +90,10 @@ class IncomingConversation:
 
 
 
-@dataclass(frozen=True)
-class PreviousVersion:
-    """Where the objects of version N are (name → key, sha256, size), and where its
-    conversation blocks lie in its training.json."""
+class NamedObjects:
+    """A version's objects by name, with its two main ones at hand."""
 
-    version: int
     objects: dict[str, ManifestObject]
-    body_start: int
-    body_end: int
 
     @property
     def json(self) -> ManifestObject:
@@ -107,6 +102,17 @@ class PreviousVersion:
     @property
     def jsonl(self) -> ManifestObject:
         return self.objects[JSONL_NAME]
+
+
+@dataclass(frozen=True)
+class PreviousVersion(NamedObjects):
+    """Where the objects of version N are (name → key, sha256, size), and where its
+    conversation blocks lie in its training.json."""
+
+    version: int
+    objects: dict[str, ManifestObject]
+    body_start: int
+    body_end: int
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ class BuildSpec:
 
 
 @dataclass(frozen=True)
-class BuiltVersion:
+class BuiltVersion(NamedObjects):
     """A version whose objects are written (not yet published)."""
 
     spec: BuildSpec
@@ -160,14 +166,6 @@ class BuiltVersion:
     # writes of this version and reads of the previous one (counted by the store that did them).
     source_fetch_retries: int = 0
     output_retries: int = 0
-
-    @property
-    def json(self) -> ManifestObject:
-        return self.objects[JSON_NAME]
-
-    @property
-    def jsonl(self) -> ManifestObject:
-        return self.objects[JSONL_NAME]
 
     @property
     def manifest(self) -> ManifestObject:

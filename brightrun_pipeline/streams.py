@@ -428,19 +428,6 @@ class Limited:
         return data
 
 
-def read_exact(reader: Any, length: int) -> bytes:
-    """The next `length` bytes (fewer only at the end of the stream)."""
-    parts = []
-    remaining = length
-    while remaining > 0:
-        data = reader.read(min(CHUNK, remaining))
-        if not data:
-            break
-        parts.append(data)
-        remaining -= len(data)
-    return b"".join(parts)
-
-
 def skip(reader: Any, length: int) -> None:
     """Read (and so hash, through a hashing reader) the next `length` bytes without keeping
     them."""

@@ -27,7 +27,7 @@ from brightrun_pipeline.models import (
     TrainingFileMetadata,
 )
 from brightrun_pipeline.outputs.base import CheckOutcome
-from brightrun_pipeline.storage import ObjectStore
+from brightrun_pipeline.storage import ObjectStore, read_exactly
 from brightrun_pipeline.streams import (
     BLOCK_SEPARATOR,
     BODY_CLOSE,
@@ -37,7 +37,6 @@ from brightrun_pipeline.streams import (
     VerifyingReader,
     iter_blocks,
     iter_lines,
-    read_exact,
     skip,
 )
 
@@ -79,7 +78,7 @@ def _verify(store: ObjectStore, bucket: str, built: BuiltVersion, previous_membe
             store.open_read(bucket, built.jsonl.key) as jsonl_raw:
         json_reader = HashingReader(json_raw)
         jsonl_reader = HashingReader(jsonl_raw)
-        prefix = read_exact(json_reader, built.body_start)
+        prefix = read_exactly(json_reader, built.body_start)
         header = _parse_header(prefix, problems)
         seen_conversations: set[str] = set()
         line_ids = _LineIds(problems["unique_ids"])
@@ -169,7 +168,7 @@ def _same_as_previous(store: ObjectStore, bucket: str, previous: PreviousVersion
                       reader: HashingReader, length: int) -> bool:
     """Whether the next `length` bytes are the previous version's conversation blocks."""
     with store.open_read(bucket, previous.json.key) as old:
-        read_exact(HashingReader(old), previous.body_start)
+        read_exactly(HashingReader(old), previous.body_start)
         remaining = length
         while remaining > 0:
             size = min(CHUNK, remaining)
