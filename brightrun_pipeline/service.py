@@ -490,11 +490,9 @@ class Pipeline:
         member_sides = {m.conversation_id: m.split for m in members if m.split}
         forced = {cid: member_sides[hits[0]] for cid, hits in matches.items()
                   if hits and hits[0] in member_sides}
-        chosen = assign_sides(fraction, conversations, forced)
-        for cid, hits in matches.items():
-            twins = [other for other in hits if other not in known]
-            if cid not in forced and twins:
-                chosen[cid] = chosen.get(twins[0], chosen[cid])
+        follows = {cid: twins[0] for cid, hits in matches.items() if cid not in forced
+                   for twins in [[other for other in hits if other not in known]] if twins}
+        chosen = assign_sides(fraction, conversations, forced, follows)
         sides = {c.conversation_id: c.side or chosen[c.conversation_id] for c in conversations}
         placed = {cid: side for cid, side in chosen.items() if cid in known}
         return replace(spec, splits=sides), placed

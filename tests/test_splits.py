@@ -92,6 +92,43 @@ def test_forced_sides_are_kept() -> None:
     assert sum(s == VALIDATION for s in sides.values()) == validation_target(0.1, 50)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_groups_of_near_duplicates_share_a_side_and_keep_the_share_exact(seed: int) -> None:
+    rng = random.Random(seed)
+    everything = conversations(rng.randint(8, 60), seed)
+    ids = [c.conversation_id for c in everything]
+    rng.shuffle(ids)
+    # Disjoint groups of 2–4; each member follows the one before it (a chain to the first).
+    follows: dict[str, str] = {}
+    largest = 1
+    for _ in range(rng.randint(1, 4)):
+        size = rng.randint(2, 4)
+        group, ids = ids[:size], ids[size:]
+        largest = max(largest, len(group))
+        follows.update(zip(group[1:], group[:-1], strict=False))
+    fraction = rng.choice((0.1, 0.25, 0.5))
+    sides = assign_sides(fraction, everything, follows=follows)
+    assert set(sides) == {c.conversation_id for c in everything}
+    for follower, leader in follows.items():
+        assert sides[follower] == sides[leader], (follower, leader)
+    held, target = sum(s == VALIDATION for s in sides.values()), validation_target(
+        fraction, len(everything))
+    # Never over the quota; under it only by less than a group that no longer fits.
+    assert target - largest < held <= target
+
+
+def test_a_group_that_would_pass_the_quota_is_not_taken() -> None:
+    # Two conversations in one stratum: the first in hash order has two near-duplicates; a
+    # quota of one validation conversation must take the lone one, not the group of three.
+    stratum = STRATA[0]
+    group = [Placed(f"g{n}", stratum, None) for n in range(3)]
+    lone = Placed("lone", stratum, None)
+    everything = [*group, lone]
+    follows = {"g1": "g0", "g2": "g1"}
+    sides = assign_sides(0.25, everything, follows=follows)
+    assert sides == {"g0": "train", "g1": "train", "g2": "train", "lone": VALIDATION}
+
+
 # --- Versions ---------------------------------------------------------------------------------
 
 
