@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -14,8 +15,9 @@ from seed import claimed_request, copy_of, eligible, seed_conversations, seed_da
 from brightrun_pipeline.builder import object_key
 from brightrun_pipeline.cli import main
 from brightrun_pipeline.db.repository import VersionRecord
-from brightrun_pipeline.demo_data import DemoDataset, generate_demo_dataset
+from brightrun_pipeline.demo_data import DemoConversation, DemoDataset, generate_demo_dataset
 from brightrun_pipeline.errors import RequestRejected
+from brightrun_pipeline.models import SelectionRequest
 from brightrun_pipeline.outputs import EXPORTS, SPLITS, split_name
 from brightrun_pipeline.reproduce import reproduce_version
 from brightrun_pipeline.rules import FileSettings
@@ -136,6 +138,16 @@ def run(pipeline: Pipeline, request_id: str) -> VersionRecord:
     return pipeline.run_request(request_id, f"run-{request_id[:8]}")
 
 
+def split_file_request(pipeline: Pipeline, rows: Sequence[DemoConversation], name: str,
+                       fraction: float) -> SelectionRequest:
+    """A claimed request for a new file holding out `fraction` for validation."""
+    request = pipeline.submit(conversation_ids=[c.conversation_id for c in rows],
+                              new_file_name=name, requested_by="test",
+                              settings=FileSettings(validation_fraction=fraction))
+    assert pipeline.claim(request.id) is not None
+    return request
+
+
 def objects(pipeline: Pipeline, record: VersionRecord) -> dict[str, bytes]:
     return {o.name: pipeline.store.get_bytes(pipeline.training_bucket, o.key)
             for o in pipeline.db.version_objects(record.training_file_id, record.version)}
@@ -173,10 +185,7 @@ def test_a_split_file_publishes_train_and_validation_parts_stable_across_version
     pipeline = dataset_pipeline
     rows = eligible(dataset())
     first, second = rows[: len(rows) // 2], rows[len(rows) // 2:]
-    request = pipeline.submit(conversation_ids=[c.conversation_id for c in first],
-                              new_file_name="Split file", requested_by="test",
-                              settings=FileSettings(validation_fraction=0.25))
-    assert pipeline.claim(request.id) is not None
+    request = split_file_request(pipeline, first, "Split file", 0.25)
     v1 = run(pipeline, request.id)
     assert_split_objects_follow_the_sides(pipeline, v1)
     before = sides_of(pipeline, v1.training_file_id)
@@ -216,10 +225,7 @@ def test_a_split_configured_later_places_the_existing_conversations_once(
 def test_the_blocking_check_catches_a_row_on_the_wrong_side(dataset_pipeline: Pipeline) -> None:
     pipeline = dataset_pipeline
     rows = eligible(dataset())
-    request = pipeline.submit(conversation_ids=[c.conversation_id for c in rows[:10]],
-                              new_file_name="Tampered split",
-                              settings=FileSettings(validation_fraction=0.3))
-    assert pipeline.claim(request.id) is not None
+    request = split_file_request(pipeline, rows[:10], "Tampered split", 0.3)
     built = pipeline.build(pipeline.start(request.id, "run-split"))
     assert verify_built_version(pipeline, built)["split_is_leak_free"].passed
     store = pipeline.store
@@ -254,10 +260,7 @@ def test_the_cli_downloads_one_side(dataset_pipeline: Pipeline, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     pipeline = dataset_pipeline
     rows = eligible(dataset())
-    request = pipeline.submit(conversation_ids=[c.conversation_id for c in rows[:10]],
-                              new_file_name="Downloaded split",
-                              settings=FileSettings(validation_fraction=0.2))
-    assert pipeline.claim(request.id) is not None
+    request = split_file_request(pipeline, rows[:10], "Downloaded split", 0.2)
     record = run(pipeline, request.id)
     store = pipeline.store
     assert isinstance(store, LocalObjectStore)
@@ -280,10 +283,7 @@ def test_the_cli_downloads_one_side(dataset_pipeline: Pipeline, tmp_path: Path,
 def test_near_duplicates_go_to_the_side_of_what_they_repeat(dataset_pipeline: Pipeline) -> None:
     pipeline = dataset_pipeline
     rows = eligible(dataset())
-    request = pipeline.submit(conversation_ids=[c.conversation_id for c in rows[:20]],
-                              new_file_name="Split with twins",
-                              settings=FileSettings(validation_fraction=0.25))
-    assert pipeline.claim(request.id) is not None
+    request = split_file_request(pipeline, rows[:20], "Split with twins", 0.25)
     v1 = run(pipeline, request.id)
     sides = sides_of(pipeline, v1.training_file_id)
     held_out = next(c for c in rows[:20] if sides[c.conversation_id] == VALIDATION)
