@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import os
 import shutil
 import signal
@@ -801,8 +802,32 @@ def _print_published(app: App, file: TrainingFileRecord) -> None:
 # --- entry point ----------------------------------------------------------------------------
 
 
+class _WithoutInterrupts(logging.Filter):
+    """Drops log records about a Ctrl-C.
+
+    Ctrl-C can land inside a library's clean-up (SQLAlchemy closing a pooled connection), which
+    logs the KeyboardInterrupt with its stack trace before passing it on; the CLI reports the
+    interrupt itself, once and without a stack trace.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        return not (kind is not None and issubclass(kind, KeyboardInterrupt))
+
+
+WITHOUT_INTERRUPTS = _WithoutInterrupts()
+
+
+def quiet_interrupts() -> None:
+    """Keep library records of a Ctrl-C off the terminal (see `_WithoutInterrupts`)."""
+    for handler in (logging.lastResort, *logging.getLogger().handlers):
+        if handler is not None:
+            handler.addFilter(WITHOUT_INTERRUPTS)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI, mapping domain errors to exit codes without stack traces."""
+    quiet_interrupts()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="brightrun",
                  standalone_mode=False)

@@ -121,6 +121,24 @@ def _instance(settings: Settings) -> Iterator[DagsterInstance]:
         yield instance
 
 
+def ensure_partition(instance: DagsterInstance, partitions: str, key: str) -> None:
+    """Add one dynamic partition unless it is there, when other processes may add it at once.
+
+    Dagster's SQLite storage adds a partition by reading which exist and then inserting, so two
+    CLIs that run requests for one new file can both insert it: the loser's unique-constraint
+    error only means the partition now exists.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    if instance.has_dynamic_partition(partitions, key):
+        return
+    try:
+        instance.add_dynamic_partitions(partitions, [key])
+    except IntegrityError:
+        if not instance.has_dynamic_partition(partitions, key):
+            raise
+
+
 def run_rematerialization_in_process(settings: Settings, training_file_id: str) -> RunOutcome:
     """Rebuild one training file from its changed sources, as a run of the training-file job."""
     from assets.partitions import REASON_TAG
@@ -138,8 +156,7 @@ def run_partition_in_process(settings: Settings, training_file_id: str,
     with _instance(settings) as instance:
         partitions = training_files_partitions.name
         assert partitions is not None
-        if not instance.has_dynamic_partition(partitions, training_file_id):
-            instance.add_dynamic_partitions(partitions, [training_file_id])
+        ensure_partition(instance, partitions, training_file_id)
         defs = build_definitions(settings)
         job = defs.resolve_job_def(TRAINING_FILE_JOB)
         result = job.execute_in_process(

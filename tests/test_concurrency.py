@@ -136,3 +136,32 @@ def test_concurrent_wait_clis_on_one_file(database_url: str, tmp_path: Path,
             assert "published" in out and "Traceback" not in out + err
     report = audit_file(pipeline, record.training_file_id)
     assert (report.versions, report.conversations) == (1 + 4 * rounds, 2 + 4 * rounds)
+
+
+def test_a_partition_added_by_another_process_in_between_is_not_an_error(tmp_path: Path) -> None:
+    """Two CLIs run the first requests of one file at once: the other inserts the file's
+    partition between this one's check and its insert (Dagster's SQLite storage checks, then
+    inserts). The loser goes on instead of failing its request."""
+    import dagster as dg
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from brightrun_pipeline.launcher import ensure_partition
+
+    key = "f5754999-d96f-50ad-9976-6b0cc235c193"
+    with dg.DagsterInstance.local_temp(str(tmp_path)) as mine, \
+            dg.DagsterInstance.local_temp(str(tmp_path)) as other:
+        interleaved: list[str] = []
+
+        def other_inserts_first(_conn, _cursor, statement: str, *_args: object) -> None:
+            if statement.startswith("INSERT INTO dynamic_partitions") and not interleaved:
+                interleaved.append(statement)
+                other.add_dynamic_partitions("training_files", [key])
+
+        event.listen(Engine, "before_cursor_execute", other_inserts_first)
+        try:
+            ensure_partition(mine, "training_files", key)
+        finally:
+            event.remove(Engine, "before_cursor_execute", other_inserts_first)
+        assert interleaved, "the other insert never ran in between"
+        assert mine.get_dynamic_partitions("training_files") == [key]

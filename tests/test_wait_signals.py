@@ -95,3 +95,27 @@ def test_ctrl_c_leaves_nothing_claimed(
         assert cli.returncode in (4, 130) and request.id in err
         assert request.error is not None and "Ctrl-C" in request.error.message
     audit_file(pipeline, file_id)
+
+
+def test_a_library_logging_the_ctrl_c_prints_no_stack_trace() -> None:
+    """Ctrl-C can land while SQLAlchemy closes a pooled connection; SQLAlchemy logs it with its
+    stack trace and passes it on. The CLI's terminal shows its own message only, and other
+    library errors still reach it."""
+    script = (
+        "import logging\n"
+        "from brightrun_pipeline.cli import quiet_interrupts\n"
+        "quiet_interrupts()\n"
+        "pool = logging.getLogger('sqlalchemy.pool.impl.QueuePool')\n"
+        "try:\n"
+        "    raise KeyboardInterrupt\n"
+        "except KeyboardInterrupt:\n"
+        "    pool.error('Exception closing connection', exc_info=True)\n"
+        "try:\n"
+        "    raise OSError('disk full')\n"
+        "except OSError:\n"
+        "    pool.error('Exception writing', exc_info=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert "Exception closing connection" not in done.stderr
+    assert "KeyboardInterrupt" not in done.stderr
+    assert "Exception writing" in done.stderr and "disk full" in done.stderr
