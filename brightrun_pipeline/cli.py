@@ -819,10 +819,24 @@ WITHOUT_INTERRUPTS = _WithoutInterrupts()
 
 
 def quiet_interrupts() -> None:
-    """Keep library records of a Ctrl-C off the terminal (see `_WithoutInterrupts`)."""
+    """Keep library records of a Ctrl-C off the terminal (see `_WithoutInterrupts`), and the
+    interpreter's "Exception ignored in" report of a Ctrl-C that lands in a finalizer."""
     for handler in (logging.lastResort, *logging.getLogger().handlers):
         if handler is not None:
             handler.addFilter(WITHOUT_INTERRUPTS)
+    if not isinstance(sys.unraisablehook, _UnraisableUnlessInterrupt):
+        sys.unraisablehook = _UnraisableUnlessInterrupt(sys.unraisablehook)
+
+
+class _UnraisableUnlessInterrupt:
+    """Passes every unraisable exception but a KeyboardInterrupt on to the hook it replaced."""
+
+    def __init__(self, previous: Callable[[Any], object]) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self.previous(unraisable)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -98,9 +98,9 @@ def test_ctrl_c_leaves_nothing_claimed(
 
 
 def test_a_library_logging_the_ctrl_c_prints_no_stack_trace() -> None:
-    """Ctrl-C can land while SQLAlchemy closes a pooled connection; SQLAlchemy logs it with its
-    stack trace and passes it on. The CLI's terminal shows its own message only, and other
-    library errors still reach it."""
+    """Ctrl-C can land while SQLAlchemy closes a pooled connection (SQLAlchemy logs it with its
+    stack trace and passes it on) or inside a finalizer (the interpreter reports it). The CLI's
+    terminal shows its own message only, and other errors still reach it."""
     script = (
         "import logging\n"
         "from brightrun_pipeline.cli import quiet_interrupts\n"
@@ -113,9 +113,17 @@ def test_a_library_logging_the_ctrl_c_prints_no_stack_trace() -> None:
         "try:\n"
         "    raise OSError('disk full')\n"
         "except OSError:\n"
-        "    pool.error('Exception writing', exc_info=True)\n")
+        "    pool.error('Exception writing', exc_info=True)\n"
+        "class Finalized:\n"
+        "    def __init__(self, error):\n"
+        "        self.error = error\n"
+        "    def __del__(self):\n"
+        "        raise self.error\n"
+        "Finalized(KeyboardInterrupt())\n"
+        "Finalized(OSError('finalizer failed'))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True)
     assert "Exception closing connection" not in done.stderr
     assert "KeyboardInterrupt" not in done.stderr
     assert "Exception writing" in done.stderr and "disk full" in done.stderr
+    assert "finalizer failed" in done.stderr
