@@ -7,10 +7,10 @@ import csv
 import io
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import cached_property
@@ -475,11 +475,18 @@ def files_download(app: App, file_ref: str, fmt: str, split: str | None, version
         if str(output) == "-":
             shutil.copyfileobj(stream, sys.stdout.buffer, 1 << 20)
             return
+        # Like `aws s3 cp`, the directories are made as needed. The object goes to a partial
+        # file beside the target first (created with the user's umask, as any other file they
+        # write), which replaces the target only once whole and is removed if the copy fails.
         output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output.parent, delete=False,
-                                         prefix=f".{output.name}.") as tmp:
-            shutil.copyfileobj(stream, tmp, 1 << 20)
-        os.replace(tmp.name, output)
+        partial = output.parent / f".{output.name}.{secrets.token_hex(4)}.part"
+        try:
+            with partial.open("xb") as target:
+                shutil.copyfileobj(stream, target, 1 << 20)
+            os.replace(partial, output)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     click.echo(f"wrote {output} ({fmt}, version {record.version}, "
                f"{output.stat().st_size} bytes)", err=True)
 

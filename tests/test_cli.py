@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import subprocess
 import sys
 import uuid
@@ -542,12 +543,18 @@ def test_create_and_add_publish_versions_1_and_2(world: World, cli: Cli) -> None
 def test_downloaded_versions_satisfy_the_contract(world: World, cli: Cli, tmp_path: Path,
                                                   version: int) -> None:
     downloaded = {}
+    umask = os.umask(0)
+    os.umask(umask)
     for fmt in ("json", "jsonl", "manifest"):
         target = tmp_path / "out" / f"v{version}.{fmt}"
         result = cli("files", "download", FILE_NAME, "--format", fmt, "--version", version,
                      "--output", target).expect(0)
         assert f"version {version}" in result.err
         downloaded[fmt] = target.read_bytes()
+        # A file of the user's like any other (their umask), not a private temporary file.
+        assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"v{version}.{fmt}" for fmt in ("json", "jsonl", "manifest")]
     sources = world.sources
     expected = [s.oracle(1) for s in sources.first]
     if version == 2:
