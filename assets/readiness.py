@@ -71,7 +71,12 @@ def markdown(report: ReadinessReport) -> str:
     lines = [f"### Readiness of version {r.version}", "",
              f"**{r.examples:,} training examples** of {r.training_pairs:,} pairs in "
              f"{r.conversations:,} conversations · **{r.total_tokens:,} tokens** ({tokens}) · "
-             f"context length {r.limits.context_tokens:,}", "", "#### Warnings", ""]
+             f"context length {r.limits.context_tokens:,}", ""]
+    if r.split:
+        lines += ["Split: " + " · ".join(
+            f"**{s.side}** {s.conversations:,} conversations ({s.conversations_share:.1f} %), "
+            f"{s.examples:,} examples, {s.total_tokens:,} tokens" for s in r.split), ""]
+    lines += ["#### Warnings", ""]
     raised = r.raised()
     lines += [f"- **{w.count} {w.title}**: "
               + ", ".join(f"`{i}`" for i in w.example_ids)

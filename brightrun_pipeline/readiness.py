@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever the report's figures or fields change: a stored report of another format is
 # computed again.
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2
 # The stored report of a version: derived data next to the version's objects, never one of them.
 REPORT_NAME = "readiness.json"
 assert REPORT_NAME not in OUTPUT_NAMES
@@ -257,6 +257,16 @@ class ReadinessWarning(BaseModel):
         return self.count > 0
 
 
+class SplitSide(BaseModel):
+    """One side of the version's train/validation split."""
+
+    side: Literal["train", "validation"]
+    conversations: int
+    conversations_share: float
+    examples: int
+    total_tokens: int
+
+
 class ReadinessReport(BaseModel):
     """Whether a version is ready to train on."""
 
@@ -278,6 +288,8 @@ class ReadinessReport(BaseModel):
     balance: Balance
     lengths: Lengths
     warnings: list[ReadinessWarning]
+    # Train and validation, when the file holds conversations out (None: it does not).
+    split: list[SplitSide] | None = None
 
     def raised(self) -> list[ReadinessWarning]:
         """The warnings with at least one example."""
@@ -316,6 +328,8 @@ class _Examples:
         self.reviewed = 0
         self.flagged: dict[str, list[str]] = {code: [] for code in WARNINGS}
         self.flag_counts: Counter[str] = Counter()
+        # Examples and tokens per conversation, for the figures of each side of a split.
+        self.per_conversation: dict[str, list[int]] = {}
         # A conversation's lines follow each other, and each repeats the system prompt and the
         # history before it: their counts are kept for the conversation's next lines.
         self._conversation: object = None
@@ -338,6 +352,9 @@ class _Examples:
         prompt_tokens = sum(MESSAGE_TOKENS + self.tokens(text) for text in contents)
         target_tokens = self.count_tokens(target)
         total = prompt_tokens + MESSAGE_TOKENS + target_tokens + REPLY_TOKENS
+        tally = self.per_conversation.setdefault(str(line.get("conversation_id")), [0, 0])
+        tally[0] += 1
+        tally[1] += total
         for name, value in (("prompt_chars", sum(map(len, contents))),
                             ("target_chars", len(target)), ("prompt_tokens", prompt_tokens),
                             ("target_tokens", target_tokens), ("total_tokens", total),
@@ -372,7 +389,9 @@ def readiness_report(pipeline: Pipeline, training_file_id: str, version: int | N
     examples = _Examples(counter.count, limits)
     for line in _jsonl_lines(pipeline, record):
         examples.add(line)
-    facts = conversation_facts(pipeline, record)
+    manifest = Manifest.model_validate_json(
+        pipeline.store.get_bytes(pipeline.training_bucket, record.manifest_key))
+    facts = conversation_facts(pipeline, record, manifest)
     file = pipeline.db.get_file(training_file_id)
     count = len(examples.columns["total_tokens"])
     token_upper = {"prompt_tokens": limits.context_tokens, "total_tokens": limits.context_tokens,
@@ -401,7 +420,26 @@ def readiness_report(pipeline: Pipeline, training_file_id: str, version: int | N
                                    count=examples.flag_counts[code],
                                    example_ids=examples.flagged[code])
                   for code, (scope, title) in WARNINGS.items()],
+        split=split_figures(manifest, examples.per_conversation),
     )
+
+
+def split_figures(manifest: Manifest, per_conversation: Mapping[str, list[int]]
+                  ) -> list[SplitSide] | None:
+    """Conversations, examples and tokens on each side of the version's split (None when no
+    conversation of the version is on a side)."""
+    sides = {c.conversation_id: c.split for c in manifest.conversations}
+    if not any(sides.values()):
+        return None
+    figures = []
+    for side in ("train", "validation"):
+        members = [cid for cid, placed in sides.items() if placed == side]
+        tallies = [per_conversation.get(cid, [0, 0]) for cid in members]
+        figures.append(SplitSide(
+            side=side, conversations=len(members),
+            conversations_share=_percent(len(members), len(sides)),
+            examples=sum(t[0] for t in tallies), total_tokens=sum(t[1] for t in tallies)))
+    return figures
 
 
 def _record(pipeline: Pipeline, training_file_id: str, version: int | None) -> VersionRecord:
@@ -519,11 +557,10 @@ def balance_figures(facts: list[ConversationFacts]) -> Balance:
 # --- Conversation facts of a version --------------------------------------------------------
 
 
-def conversation_facts(pipeline: Pipeline, record: VersionRecord) -> list[ConversationFacts]:
-    """Each conversation of a version with the persona, arc, topic and quality score it had in
-    that version, in file order."""
-    manifest = Manifest.model_validate_json(
-        pipeline.store.get_bytes(pipeline.training_bucket, record.manifest_key))
+def conversation_facts(pipeline: Pipeline, record: VersionRecord, manifest: Manifest
+                       ) -> list[ConversationFacts]:
+    """Each conversation of a version (`manifest` is its manifest) with the persona, arc, topic
+    and quality score it had in that version, in file order."""
     sources = {c.conversation_id: c.source_sha256 for c in manifest.conversations}
     facts: dict[str, ConversationFacts] = {}
     for member in pipeline.db.iter_members(record.training_file_id):
@@ -658,7 +695,12 @@ def summary_lines(report: ReadinessReport) -> list[str]:
              f"{r.examples} training examples, {r.total_tokens:,} tokens "
              f"({r.tokenizer.name}{'' if r.tokenizer.exact else ', approximate'})",
              f"context length {r.limits.context_tokens:,} tokens; very long response above "
-             f"{r.limits.long_response_tokens:,} tokens", "", "Warnings"]
+             f"{r.limits.long_response_tokens:,} tokens"]
+    if r.split:
+        lines.append("split: " + "; ".join(
+            f"{s.side} {s.conversations} conversations ({s.conversations_share:.1f} %), "
+            f"{s.examples} examples, {s.total_tokens:,} tokens" for s in r.split))
+    lines += ["", "Warnings"]
     raised = r.raised()
     if not raised:
         lines.append("  none")

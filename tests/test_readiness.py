@@ -423,6 +423,63 @@ def test_api_and_console_page(pipeline: Pipeline, environment: Settings) -> None
                           headers=auth).status_code == 422
 
 
+def test_the_split_sides_have_their_own_figures(pipeline: Pipeline, environment: Settings,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A file holding a quarter out: each side's conversations, examples and tokens, as the
+    manifest's sides and the version's lines give them, in the CLI, the console and Dagster's
+    markdown. A file without a split shows none."""
+    from assets.readiness import markdown
+    from brightrun_pipeline.rules import FileSettings
+
+    dataset = demo_dataset()
+    seed_dataset(pipeline, dataset)
+    rows = eligible(dataset)
+    request = pipeline.submit(conversation_ids=[c.conversation_id for c in rows[:-2]],
+                              new_file_name="Split report", requested_by="test",
+                              settings=FileSettings(validation_fraction=0.25))
+    assert pipeline.claim(request.id) is not None
+    record = pipeline.run_request(request.id, "run-split")
+    report = readiness.load_report(pipeline, record.training_file_id)
+
+    manifest = orjson.loads(pipeline.store.get_bytes(pipeline.training_bucket,
+                                                     record.manifest_key))
+    sides = {c["conversation_id"]: c["split"] for c in manifest["conversations"]}
+    lines = [orjson.loads(raw) for raw in pipeline.store.get_bytes(
+        pipeline.training_bucket, record.jsonl_key).splitlines() if raw.strip()]
+    expected = {side: (sum(1 for s in sides.values() if s == side),
+                       sum(1 for line in lines if sides[line["conversation_id"]] == side))
+                for side in ("train", "validation")}
+    held_out, total = expected["validation"][0], len(sides)
+    assert held_out == round(0.25 * total) > 0
+    assert report.split is not None
+    assert {s.side: (s.conversations, s.examples) for s in report.split} == expected
+    assert sum(s.total_tokens for s in report.split) == report.total_tokens
+    shares = [round(100 * (total - held_out) / total, 2), round(100 * held_out / total, 2)]
+    assert [s.conversations_share for s in report.split] == shares
+
+    code, text = run_cli(capsys, "files", "report", "Split report")
+    assert code == 0, text
+    train, validation = report.split
+    assert (f"split: train {total - held_out} conversations ({shares[0]:.1f} %), "
+            f"{train.examples} examples, {train.total_tokens:,} tokens; validation {held_out} "
+            f"conversations ({shares[1]:.1f} %), {validation.examples} examples") in text
+    assert (f"**validation** {held_out} conversations ({shares[1]:.1f} %), "
+            f"{validation.examples:,} examples") in markdown(report)
+
+    from brightrun_pipeline.users import add_user
+
+    _, token = add_user(pipeline.db, "reader")
+    with TestClient(create_app(Services(environment, pipeline))) as client:
+        page = client.get(f"/training-files/{record.training_file_id}",
+                          headers={"Authorization": f"Bearer {token}"}).text
+    assert f'<div data-side="validation"><dt>Validation side</dt><dd>{held_out} <span' in page
+
+    plain = create_file(pipeline, rows[-2:], name="No split")
+    unsplit = readiness.load_report(pipeline, plain.training_file_id)
+    assert unsplit.split is None
+    assert "split:" not in "\n".join(readiness.summary_lines(unsplit))
+
+
 # --- Dagster -------------------------------------------------------------------------------------
 
 
