@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import getpass
 import io
 import logging
 import os
@@ -378,7 +379,11 @@ def files_add(app: App, file_ref: str, conversation_ids: Sequence[str], ids_file
 
 
 def _user() -> str | None:
-    return os.environ.get("USER") or None
+    """Who asks: the login name (LOGNAME, USER… then the account of this process)."""
+    try:
+        return getpass.getuser() or None
+    except (OSError, KeyError):
+        return None
 
 
 def _after_submit(app: App, request: SelectionRequest, wait: bool) -> None:

@@ -377,7 +377,8 @@ def summary_lines(diff: VersionDiff, *, ids: int = 5) -> list[str]:
             lines.append(_ids(label, changed, ids))
     lines += [f"pairs: {_figure(diff.pairs)}",
               f"trainable pairs: {_figure(diff.trainable_pairs)}",
-              f"approx_tokens: {_figure(diff.approx_tokens)}"]
+              f"approx_tokens: {_figure(diff.approx_tokens)} (words and punctuation; "
+              "`files report` counts cl100k_base tokens)"]
     return lines
 
 

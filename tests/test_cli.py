@@ -1104,3 +1104,17 @@ def test_console_script_init_and_create(fresh: Fresh) -> None:
     usage = run("files", "add", "No such file", "--batch", dataset.batches[0].id)
     assert usage.returncode == 2
     assert "Traceback" not in usage.stderr
+
+
+def test_a_request_names_the_login_even_without_user_in_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests record who asked: a shell without USER (cron, a container) still has a login."""
+    import pwd
+
+    from brightrun_pipeline.cli import _user
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert _user() == pwd.getpwuid(os.getuid()).pw_name
+    monkeypatch.setenv("USER", "curator-7")
+    assert _user() == "curator-7"
