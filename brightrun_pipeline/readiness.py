@@ -51,6 +51,7 @@ from brightrun_pipeline.models import Manifest
 from brightrun_pipeline.outputs import OUTPUT_NAMES
 from brightrun_pipeline.outputs.base import context_messages
 from brightrun_pipeline.rules import quality_tier
+from brightrun_pipeline.splits import SIDES
 
 if TYPE_CHECKING:
     from brightrun_pipeline.service import Pipeline
@@ -432,7 +433,7 @@ def split_figures(manifest: Manifest, per_conversation: Mapping[str, list[int]]
     if not any(sides.values()):
         return None
     figures = []
-    for side in ("train", "validation"):
+    for side in SIDES:
         members = [cid for cid, placed in sides.items() if placed == side]
         tallies = [per_conversation.get(cid, [0, 0]) for cid in members]
         figures.append(SplitSide(
